@@ -1,0 +1,142 @@
+"""Command line: `python -m pipeline sweep|list|exercise|report`.
+
+Thin by design: options are validated here, at the edge, and handed to
+`pipeline.sweep` and `pipeline.report`. Bad input exits with status 2 and one
+line naming the option, before anything is written to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from pipeline import data as data_module
+from pipeline import spec as spec_module
+
+# Zero or empty means "from the spec", so that MLproject parameters can default.
+FROM_SPEC = click.IntRange(min=0)
+
+
+def _none_if_zero(value):
+    return value or None
+
+
+def sweep_options(func):
+    """The options shared by `sweep` and `exercise`, as in MLproject."""
+    options = [
+        click.option("--max-trials", type=FROM_SPEC, default=0, show_default=True,
+                     help="Trials to run; 0 = the spec's tuner.max_trials."),
+        click.option("--epochs", type=FROM_SPEC, default=0, show_default=True,
+                     help="Epochs per trial; 0 = the spec's training.epochs."),
+        click.option("--seed", type=FROM_SPEC, default=0, show_default=True,
+                     help="Oracle and training seed; 0 = the spec's tuner.seed."),
+        click.option("--data", "data_path", default="", metavar="PATH",
+                     help=f"Keras-layout mnist.npz; empty = ${data_module.ENV_VAR}, "
+                          "else Keras' download."),
+        click.option("--train-limit", type=FROM_SPEC, default=0, show_default=True,
+                     help="Train on only the first N training images (smoke runs); "
+                          "0 = all."),
+        click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME",
+                     default="mnist-sweeps", show_default=True,
+                     help="MLflow experiment (or $MLFLOW_EXPERIMENT_NAME)."),
+        click.option("--directory", default="kt_sweeps", show_default=True,
+                     type=click.Path(file_okay=False),
+                     help="Where Keras Tuner keeps each sweep's state (for resuming)."),
+        click.option("--overwrite", is_flag=True,
+                     help="Start the sweep afresh instead of resuming it."),
+        click.option("-v", "--verbose", count=True,
+                     help="Show Keras' per-epoch progress bar."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def load_spec(name, max_trials=0, epochs=0, seed=0):
+    """Loads a spec with CLI overrides, turning spec errors into usage errors."""
+    from pipeline import space
+
+    try:
+        spec = spec_module.load(name).with_overrides(
+            max_trials=max_trials, epochs=epochs, seed=seed)
+        space.build(spec)  # Rejects constraints that no configuration meets.
+    except spec_module.SpecError as e:
+        raise click.BadParameter(str(e), param_hint="SPEC") from None
+    return spec
+
+
+def load_data(path, validation_split, train_limit):
+    try:
+        return data_module.load(path or None, validation_split, _none_if_zero(train_limit))
+    except data_module.DataError as e:
+        raise click.BadParameter(str(e), param_hint="'--data'") from None
+
+
+@click.group()
+def cli():
+    """Keras Tuner sweeps over MLP depth, width and activation on MNIST, every
+    trial tracked in MLflow."""
+
+
+@cli.command("list")
+def list_specs():
+    """List the shipped sweep specs and their constraints."""
+    from pipeline import space
+
+    for path in spec_module.available():
+        try:
+            spec = spec_module.load(path)
+            low, high = space.build(spec).param_bounds()
+        except spec_module.SpecError as e:
+            click.echo(f"{path.stem}: INVALID: {e}")
+            continue
+        s, c, t = spec.search_space, spec.constraints, spec.tuner
+        click.echo(
+            f"{spec.name:<14} part {spec.part or '-'}  {t.algorithm} x{t.max_trials}  "
+            f"layers {max(s.hidden_layers.min, c.min_hidden_layers)}.."
+            f"{min(s.hidden_layers.max, c.max_hidden_layers or s.hidden_layers.max)}  "
+            f"units {max(s.units.min, c.min_units)}.."
+            f"{min(s.units.max, c.max_units or s.units.max)}  "
+            f"activation {'/'.join(s.activation.values)}  "
+            f"params {low:,}..{high:,}  epochs {spec.training.epochs}")
+        click.echo(f"{'':<14} {spec.description.splitlines()[0]}")
+
+
+@cli.command()
+@click.argument("spec_name", metavar="SPEC")
+@sweep_options
+def sweep(spec_name, max_trials, epochs, seed, data_path, train_limit, experiment,
+          directory, overwrite, verbose):
+    """Run (or resume) the sweep SPEC: a name in sweeps/ or a YAML path."""
+    spec = load_spec(spec_name, max_trials, epochs, seed)
+    dataset = load_data(data_path, spec.training.validation_split, train_limit)
+    from pipeline import sweep as sweep_module
+
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)  # Set by `mlflow run`.
+    sweep_module.run(spec, dataset, experiment=experiment, directory=directory,
+                     overwrite=overwrite, verbose=verbose, launcher_run_id=launcher)
+
+
+@cli.command()
+@sweep_options
+def exercise(max_trials, epochs, seed, data_path, train_limit, experiment, directory,
+             overwrite, verbose):
+    """Run every exercise sweep in turn (Parts One to Three and `activation`)."""
+    from pipeline import sweep as sweep_module
+
+    specs = [load_spec(name, max_trials, epochs, seed) for name in sweep_module.EXERCISE]
+    datasets = {}
+    for spec in specs:  # Check every input before the first trial.
+        split = spec.training.validation_split
+        if split not in datasets:
+            datasets[split] = load_data(data_path, split, train_limit)
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
+    sweep_module.run_exercise(
+        specs, lambda spec: datasets[spec.training.validation_split],
+        experiment=experiment, launcher_run_id=launcher, directory=directory,
+        overwrite=overwrite, verbose=verbose)
+
+
+def main():
+    cli(prog_name="python -m pipeline")

@@ -1,0 +1,66 @@
+"""The exercise's model: a dense network on flattened MNIST, trained with SGD."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import keras_tuner
+
+from pipeline.space import INPUTS, LOSS, OUTPUTS
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How Keras runs the training step; none of these change the results.
+
+    Attributes:
+        steps_per_execution: batches per call into the compiled step. Fewer
+            round trips from Python make small networks several times faster.
+        jit_compile: XLA-compile the step ("auto" lets Keras decide).
+    """
+
+    steps_per_execution: int = 1
+    jit_compile: bool | str = "auto"
+
+
+def build_model(config, options=CompileOptions()):
+    """Builds and compiles the network for a `TrialConfig`.
+
+    Returns:
+        A compiled `keras.Sequential`: 784 inputs, `config.units` hidden units with
+        `config.activation`, a 10-way softmax, categorical cross-entropy and SGD.
+    """
+    model = keras.Sequential(
+        [keras.Input(shape=(INPUTS,), name="pixels")]
+        + [
+            keras.layers.Dense(units, activation=config.activation, name=f"hidden_{i}")
+            for i, units in enumerate(config.units)
+        ]
+        + [keras.layers.Dense(OUTPUTS, activation="softmax", name="digits")]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            learning_rate=config.learning_rate, momentum=config.momentum
+        ),
+        loss=LOSS,
+        metrics=["accuracy"],
+        steps_per_execution=options.steps_per_execution,
+        jit_compile=options.jit_compile,
+    )
+    return model
+
+
+class MnistHyperModel(keras_tuner.HyperModel):
+    """Keras Tuner's view of a `SearchSpace`: hyperparameters in, model out."""
+
+    def __init__(self, space, options=CompileOptions()):
+        super().__init__(name=space.spec.name)
+        self.space = space
+        self.options = options
+
+    def declare_hyperparameters(self, hp):
+        self.space.sample(hp)
+
+    def build(self, hp):
+        return build_model(self.space.sample(hp), self.options)

@@ -1,0 +1,108 @@
+"""Keras Tuner's oracles, made to propose only configurations that meet the spec.
+
+Keras Tuner draws random values through `Oracle._random_values()`, which rejects a
+draw that `_duplicate()` flags and draws again. Flagging infeasible draws there
+turns every random draw (random search, Bayesian warm-up, Hyperband brackets) into
+rejection sampling over the feasible set, so an infeasible configuration is never
+handed to a worker and never spends the trial budget. Values that an oracle
+computes instead of drawing (a Bayesian proposal, the next grid point) are checked
+in `populate_space()` and replaced.
+"""
+
+from __future__ import annotations
+
+import keras_tuner
+from keras_tuner.src.engine import trial as trial_module
+
+# Infeasible draws count as collisions; allow many before calling the space spent.
+MAX_REJECTIONS = 2000
+
+
+class ConstrainedOracle:
+    """Mixin for a Keras Tuner oracle: only feasible configurations come out."""
+
+    def __init__(self, *args, space, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.space = space
+        self._max_collisions = MAX_REJECTIONS
+
+    def feasible(self, values):
+        config_values = {k: v for k, v in values.items() if not k.startswith("tuner/")}
+        return self.space.violation(self.space.config(config_values)) is None
+
+    def _duplicate(self, values):
+        return super()._duplicate(values) or not self.feasible(values)
+
+    def populate_space(self, trial_id):
+        response = super().populate_space(trial_id)
+        values = response.get("values")
+        if response["status"] != trial_module.TrialStatus.RUNNING or self.feasible(values):
+            return response
+        return self.replace_infeasible(values)
+
+    def replace_infeasible(self, values):
+        """Returns a feasible response in place of infeasible computed `values`."""
+        values = self._random_values()
+        if values is None:
+            return {"status": trial_module.TrialStatus.STOPPED, "values": None}
+        return {"status": trial_module.TrialStatus.RUNNING, "values": values}
+
+
+class RandomSearchOracle(ConstrainedOracle, keras_tuner.oracles.RandomSearchOracle):
+    pass
+
+
+class BayesianOptimizationOracle(
+    ConstrainedOracle, keras_tuner.oracles.BayesianOptimizationOracle
+):
+    pass
+
+
+class HyperbandOracle(ConstrainedOracle, keras_tuner.oracles.HyperbandOracle):
+    pass
+
+
+class GridSearchOracle(ConstrainedOracle, keras_tuner.oracles.GridSearchOracle):
+    """Walks the grid in Keras Tuner's order, stepping over infeasible points."""
+
+    def _get_next_combination(self, values):
+        values = super()._get_next_combination(values)
+        while values is not None and not self.feasible(values):
+            values = super()._get_next_combination(values)
+        return values
+
+    def replace_infeasible(self, values):
+        # Only the first grid point (all defaults) can get here.
+        values = self._get_next_combination(values)
+        if values is None:
+            return {"status": trial_module.TrialStatus.STOPPED, "values": None}
+        return {"status": trial_module.TrialStatus.RUNNING, "values": values}
+
+
+def make_oracle(spec, space):
+    """Builds the oracle named by `spec.tuner.algorithm`.
+
+    Args:
+        spec: the sweep `Spec`.
+        space: its `SearchSpace`.
+
+    Returns:
+        A Keras Tuner oracle that proposes only feasible configurations.
+    """
+    t = spec.tuner
+    common = dict(
+        space=space,
+        objective=keras_tuner.Objective(t.objective, direction=spec.direction),
+        seed=t.seed,
+        max_consecutive_failed_trials=t.max_consecutive_failed_trials,
+    )
+    if t.algorithm == "hyperband":
+        oracle = HyperbandOracle(max_epochs=spec.training.epochs,
+                                 factor=t.hyperband_factor, **common)
+        oracle.max_trials = t.max_trials  # Hyperband has no budget of its own: cap it.
+        return oracle
+    if t.algorithm == "bayesian":
+        return BayesianOptimizationOracle(max_trials=t.max_trials,
+                                          num_initial_points=t.num_initial_points, **common)
+    cls = {"random": RandomSearchOracle, "grid": GridSearchOracle}[t.algorithm]
+    return cls(max_trials=t.max_trials, **common)

@@ -1,0 +1,238 @@
+"""The search space of a spec, its constraints, and parameter counts by arithmetic.
+
+A configuration's trainable parameters are counted from its layer widths alone
+(784 inputs, 10 outputs), before any model is built, so that a configuration that
+breaks its spec's constraints is never trained. The count equals Keras'
+`count_params()` (tests/test_space.py checks this across depths and widths).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pipeline.spec import Choice, Range, Spec, SpecError
+
+INPUTS = 784
+OUTPUTS = 10
+OPTIMIZER = "SGD"
+LOSS = "categorical_crossentropy"
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    weights: int
+    biases: int
+
+    @property
+    def total(self):
+        return self.weights + self.biases
+
+
+def count_params(units):
+    """Counts the trainable weights and biases of a 784-...-10 dense network.
+
+    Args:
+        units: the width of each hidden layer, input side first.
+
+    Returns:
+        A `ParamCount`; `total` equals Keras' `model.count_params()`.
+    """
+    widths = [INPUTS, *units, OUTPUTS]
+    weights = sum(a * b for a, b in zip(widths, widths[1:]))
+    return ParamCount(weights=weights, biases=sum(widths[1:]))
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything that decides one trial's model and training run."""
+
+    units: tuple[int, ...]
+    activation: str
+    learning_rate: float
+    momentum: float
+    batch_size: int
+    epochs: int
+    initial_epoch: int = 0
+
+    @property
+    def hidden_layers(self):
+        return len(self.units)
+
+    @property
+    def params(self):
+        return count_params(self.units)
+
+    def mlflow_params(self):
+        """The hyperparameters that are active for this trial, as MLflow params."""
+        return {
+            "hidden_layers": self.hidden_layers,
+            "units": ",".join(str(u) for u in self.units),
+            "activation": self.activation,
+            "optimizer": OPTIMIZER,
+            "learning_rate": self.learning_rate,
+            "momentum": self.momentum,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "loss": LOSS,
+        }
+
+    def describe(self):
+        widths = self.units
+        shape = (f"{len(widths)}x{widths[0]}" if len(set(widths)) == 1
+                 else "-".join(str(u) for u in widths))
+        return (f"{shape} {self.activation} lr={self.learning_rate:g} "
+                f"m={self.momentum:g} bs={self.batch_size}")
+
+
+class SearchSpace:
+    """A spec's search space, narrowed to what its constraints allow.
+
+    `sample(hp)` declares the space to Keras Tuner (hidden-layer count, one
+    conditional `units_i` per possible layer, activation and, where the spec
+    searches them, learning rate, momentum and batch size) and turns a trial's
+    values into a `TrialConfig`.
+    """
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        s, c = spec.search_space, spec.constraints
+        self.min_layers = max(s.hidden_layers.min, c.min_hidden_layers)
+        self.max_layers = min(s.hidden_layers.max, c.max_hidden_layers or math.inf)
+        self.layers_step = s.hidden_layers.step
+        self.min_units = _round_up(max(s.units.min, c.min_units), s.units.min, s.units.step)
+        self.max_units = min(s.units.max, c.max_units or math.inf)
+        self.units_step = s.units.step
+        self.shared_units = s.shared_units
+        if self.min_units > self.max_units:
+            raise SpecError(f"search_space.units: no width in {s.units.min}..{s.units.max} "
+                            f"step {s.units.step} meets the constraints")
+
+    # -- Keras Tuner -------------------------------------------------------
+
+    def sample(self, hp):
+        """Declares the space on `hp` and returns the configuration it holds."""
+        s, training = self.spec.search_space, self.spec.training
+        layers = hp.Int("hidden_layers", self.min_layers, self.max_layers, self.layers_step)
+        if self.shared_units:
+            units = [hp.Int("units", self.min_units, self.max_units, self.units_step)] * layers
+        else:
+            units = [self._layer_units(hp, i) for i in range(self.max_layers)][:layers]
+        values = hp.values
+        epochs = values.get("tuner/epochs", training.epochs)
+        return TrialConfig(
+            units=tuple(units),
+            activation=_declare(hp, "activation", s.activation),
+            learning_rate=float(_declare(hp, "learning_rate", s.learning_rate,
+                                         training.learning_rate)),
+            momentum=float(_declare(hp, "momentum", s.momentum, training.momentum)),
+            batch_size=int(_declare(hp, "batch_size", s.batch_size, training.batch_size)),
+            epochs=int(epochs),
+            initial_epoch=int(values.get("tuner/initial_epoch", 0)),
+        )
+
+    def _layer_units(self, hp, i):
+        name = f"units_{i}"
+        if i < self.min_layers:  # Every trial has this layer.
+            return hp.Int(name, self.min_units, self.max_units, self.units_step)
+        depths = list(range(i + 1, self.max_layers + 1))
+        with hp.conditional_scope("hidden_layers", depths):
+            return hp.Int(name, self.min_units, self.max_units, self.units_step)
+
+    def config(self, values):
+        """Returns the `TrialConfig` for a dict of Keras Tuner values."""
+        import keras_tuner
+
+        hp = keras_tuner.HyperParameters()
+        self.sample(hp)  # Declare the space, then read the values back.
+        hp.values.update(values)
+        return self.sample(hp)
+
+    # -- Constraints -------------------------------------------------------
+
+    def violation(self, config):
+        """Returns why `config` breaks the spec's constraints, or None if it is feasible."""
+        c = self.spec.constraints
+        total = config.params.total
+        if total < c.min_trainable_params:
+            return f"{total:,} trainable parameters < {c.min_trainable_params:,}"
+        if c.max_trainable_params is not None and total > c.max_trainable_params:
+            return f"{total:,} trainable parameters > {c.max_trainable_params:,}"
+        if not c.min_hidden_layers <= config.hidden_layers <= (c.max_hidden_layers or math.inf):
+            return f"{config.hidden_layers} hidden layers outside the constraints"
+        if not all(c.min_units <= u <= (c.max_units or math.inf) for u in config.units):
+            return f"units {config.units} outside the constraints"
+        return None
+
+    def find_feasible(self):
+        """Returns some feasible list of widths, or None if none was found.
+
+        For each depth: the narrowest equal widths that reach the minimum parameter
+        count, then single-layer steps up from the narrowest network.
+        """
+        c = self.spec.constraints
+        low, high = c.min_trainable_params, c.max_trainable_params or math.inf
+        widths = range(self.min_units, int(self.max_units) + 1, self.units_step)
+        for layers in range(self.min_layers, int(self.max_layers) + 1, self.layers_step):
+            for width in widths:  # Equal widths: the count grows with the width.
+                total = count_params([width] * layers).total
+                if total >= low:
+                    if total <= high:
+                        return [width] * layers
+                    break
+            if self.shared_units:
+                continue
+            units = [self.min_units] * layers
+            while count_params(units).total < low:
+                growable = [i for i, u in enumerate(units) if u + self.units_step <= self.max_units]
+                if not growable:
+                    break
+                # Grow the layer whose next step adds the fewest parameters.
+                i = min(growable, key=lambda j: count_params(
+                    units[:j] + [units[j] + self.units_step] + units[j + 1:]).total)
+                units[i] += self.units_step
+            if low <= count_params(units).total <= high:
+                return units
+        return None
+
+    def param_bounds(self):
+        """The smallest and largest parameter counts the narrowed space can reach."""
+        small = count_params([self.min_units] * self.min_layers).total
+        big = count_params([int(self.max_units)] * int(self.max_layers)).total
+        c = self.spec.constraints
+        return max(small, c.min_trainable_params), min(big, c.max_trainable_params or big)
+
+
+def build(spec):
+    """Returns the `SearchSpace` of `spec`.
+
+    Raises:
+        SpecError: if no configuration can meet the spec's constraints.
+    """
+    space = SearchSpace(spec)
+    if space.find_feasible() is None:
+        c = spec.constraints
+        most = "any" if c.max_trainable_params is None else f"{c.max_trainable_params:,}"
+        raise SpecError(
+            f"{spec.path or spec.name}: constraints: no configuration in the search space "
+            f"has between {c.min_trainable_params:,} and {most} trainable parameters "
+            f"with {space.min_layers}..{space.max_layers} hidden layers of "
+            f"{space.min_units}..{space.max_units} units")
+    return space
+
+
+def _declare(hp, name, searched, default=None):
+    """Declares a searched hyperparameter; an unsearched one keeps `default`."""
+    if searched is None:
+        return default
+    if isinstance(searched, Range):
+        return hp.Float(name, searched.min, searched.max, sampling=searched.sampling)
+    assert isinstance(searched, Choice)
+    if searched.fixed:
+        return hp.Fixed(name, searched.values[0])
+    return hp.Choice(name, list(searched.values))
+
+
+def _round_up(value, start, step):
+    """The smallest `start + k*step` that is >= value."""
+    return start + math.ceil((value - start) / step) * step

@@ -1,0 +1,302 @@
+"""What goes to MLflow, and under which names. The names are a contract.
+
+One parent run per sweep (run name = spec name; tags `sweep`, `part`, `best_trial`;
+metric `best_val_accuracy`; the spec file as an artifact) and one nested child
+run per trial (tags `sweep`, `trial_id`) holding:
+
+- params: the trial's active hyperparameters (`TrialConfig.mlflow_params()`);
+- metrics: `trainable_params`, `weights`, `biases`; per epoch, with step = epoch
+  number (1 = after the first epoch): `loss`, `accuracy`, `val_loss`,
+  `val_accuracy`, `epoch_seconds` and `grad_mean_abs_layer_<i>`; at the end
+  `test_loss`, `test_accuracy`;
+- the trained model through MLflow's Keras flavor, with an input signature, and
+  `curves.png`, training vs validation accuracy and loss per epoch.
+
+A run never stays RUNNING: a trial that fails ends FAILED with the reason in the
+tag `failure_reason`; one that is interrupted ends KILLED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.entities import Metric, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+
+from pipeline import plots
+from pipeline.space import INPUTS, OUTPUTS
+
+DEFAULT_EXPERIMENT = "mnist-sweeps"
+PARENT_FILE = "mlflow_parent.json"
+MODEL_NAME = "model"
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+SIGNATURE = ModelSignature(
+    inputs=Schema([TensorSpec(np.dtype("float32"), (-1, INPUTS), "pixels")]),
+    outputs=Schema([TensorSpec(np.dtype("float32"), (-1, OUTPUTS), "digits")]),
+)
+
+
+def _requirements():
+    # Given explicitly: MLflow would otherwise infer them by loading the model
+    # in a subprocess, which costs seconds per trial.
+    import tensorflow as tf
+
+    return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
+
+
+def experiment_id(name):
+    """Returns the id of experiment `name`, creating it if needed."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+@dataclass
+class Parent:
+    """The sweep's parent run."""
+
+    run_id: str
+    experiment_id: str
+    resumed: bool = False
+
+
+def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=None):
+    """Starts the sweep's parent run, or continues it when the sweep is resumed.
+
+    The parent's id is kept in `project_dir` (beside Keras Tuner's own state), so
+    running the same sweep again continues the same parent run.
+
+    Args:
+        spec: the sweep `Spec`.
+        experiment: the experiment's name.
+        project_dir: the Keras Tuner project directory of this sweep.
+        launcher_run_id: the run `mlflow run` made for this command, if any. A fresh
+            launcher run in the same experiment becomes the parent; otherwise it is
+            tagged with a pointer to the parent.
+        nest_under: a run to nest the parent under (the `exercise` command's run).
+
+    Returns:
+        A `Parent`.
+    """
+    client = MlflowClient()
+    exp_id = experiment_id(experiment)
+    state = Path(project_dir) / PARENT_FILE
+    parent = _reopen(client, state)
+    if parent is None:
+        parent = Parent(_new_parent_run(client, spec, exp_id, launcher_run_id, nest_under),
+                        exp_id)
+        client.log_artifact(parent.run_id, spec.path)
+        state.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"parent_run_id": parent.run_id}))
+        tmp.replace(state)
+    if launcher_run_id and launcher_run_id != parent.run_id:
+        client.set_tag(launcher_run_id, "sweep_run_id", parent.run_id)
+    client.log_batch(parent.run_id, tags=_tags({
+        "sweep": spec.name,
+        "part": spec.part if spec.part is not None else "",
+        "algorithm": spec.tuner.algorithm,
+        "objective": spec.tuner.objective,
+        "max_trials": spec.tuner.max_trials,
+        "epochs": spec.training.epochs,
+        "seed": spec.tuner.seed,
+    }))
+    return parent
+
+
+def umbrella_run(experiment, launcher_run_id):
+    """The `mlflow run` launcher run, if it can hold sweeps nested under it."""
+    if not launcher_run_id:
+        return None
+    client = MlflowClient()
+    if client.get_run(launcher_run_id).info.experiment_id != experiment_id(experiment):
+        return None
+    client.update_run(launcher_run_id, name="exercise")
+    return launcher_run_id
+
+
+def _reopen(client, state):
+    if not state.exists():
+        return None
+    run_id = json.loads(state.read_text())["parent_run_id"]
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None  # Deleted from this store: start a new parent.
+    if run.info.lifecycle_stage != "active":
+        return None
+    client.update_run(run_id, status="RUNNING")
+    mark_interrupted(client, run_id)
+    return Parent(run_id, run.info.experiment_id, resumed=True)
+
+
+def _new_parent_run(client, spec, exp_id, launcher_run_id, nest_under):
+    if launcher_run_id:
+        launcher = client.get_run(launcher_run_id)
+        if launcher.info.experiment_id == exp_id and "sweep" not in launcher.data.tags:
+            client.update_run(launcher_run_id, name=spec.name)
+            return launcher_run_id
+    tags = {"mlflow.parentRunId": nest_under} if nest_under else {}
+    return client.create_run(exp_id, run_name=spec.name, tags=tags).info.run_id
+
+
+def mark_interrupted(client, parent_run_id, reason=None):
+    """Ends trial runs left RUNNING under `parent_run_id` (their process died) as KILLED."""
+    for run in trial_runs(client, parent_run_id, status="RUNNING"):
+        client.set_tag(run.info.run_id, "failure_reason",
+                       reason or "interrupted: the process running this trial ended")
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
+def trial_runs(client, parent_run_id, status=None, trial_id=None):
+    """The child runs of a sweep, optionally filtered by status and trial id."""
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.trial_id != ''"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    if trial_id is not None:
+        query += f" and tags.trial_id = '{trial_id}'"
+    run = client.get_run(parent_run_id)
+    return client.search_runs([run.info.experiment_id], query, max_results=5000)
+
+
+def end_parent(parent, status, best=None):
+    """Records the best trial on the parent and ends it with `status`."""
+    client = MlflowClient()
+    if best is not None:
+        record_best(parent, *best)
+    client.set_terminated(parent.run_id, status)
+
+
+def record_best(parent, trial_id, score, run_id=None):
+    """Tags the parent with its best trial so far and logs `best_val_accuracy`."""
+    client = MlflowClient()
+    tags = {"best_trial": trial_id}
+    if run_id:
+        tags["best_run_id"] = run_id
+    client.log_batch(parent.run_id, tags=_tags(tags),
+                     metrics=[Metric("best_val_accuracy", float(score),
+                                                     int(time.time() * 1000), 0)])
+
+
+def _tags(mapping):
+    return [RunTag(k, str(v)) for k, v in mapping.items()]
+
+
+@dataclass
+class TrialRun:
+    """One trial's child run: what it has logged so far, and the calls to log more."""
+
+    run_id: str
+    epochs: list = field(default_factory=list)
+    history: dict = field(default_factory=lambda: {k: [] for k in EPOCH_METRICS})
+
+    def log_params(self, config):
+        mlflow.log_params(config.mlflow_params())
+        count = config.params
+        mlflow.log_metrics({"trainable_params": count.total, "weights": count.weights,
+                            "biases": count.biases}, step=0)
+
+    def log_epoch(self, epoch, metrics):
+        """Logs one epoch's metrics (step = `epoch`, 1-based) without waiting."""
+        self.epochs.append(epoch)
+        for key in EPOCH_METRICS:
+            self.history[key].append(float(metrics.get(key, np.nan)))
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch,
+                           synchronous=False)
+
+    def log_results(self, model, test_loss, test_accuracy, title):
+        """Logs test metrics, the model (Keras flavor) and `curves.png`."""
+        mlflow.log_metrics({"test_loss": float(test_loss),
+                            "test_accuracy": float(test_accuracy)},
+                           step=self.epochs[-1] if self.epochs else 0, synchronous=False)
+        mlflow.keras.log_model(model, name=MODEL_NAME, signature=SIGNATURE,
+                               pip_requirements=_requirements())
+        if self.epochs:
+            mlflow.log_figure(plots.training_curves(self.epochs, self.history, title),
+                              "curves.png")
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs each epoch's metrics, its duration and gradient sizes to a `TrialRun`.
+
+    MLflow's own `MlflowCallback` logs optimizer settings as params and
+    `validation_*` metrics; this one keeps the names of the contract above.
+    """
+
+    def __init__(self, run, probe=None):
+        super().__init__()
+        self.run = run
+        self.probe = probe
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {k: logs[k] for k in EPOCH_METRICS if k in logs}
+        metrics["epoch_seconds"] = time.perf_counter() - self._start
+        if self.probe is not None:
+            metrics.update(self.probe(self.model))
+        self.run.log_epoch(epoch + 1, metrics)
+
+
+@contextlib.contextmanager
+def trial_run(parent, spec_name, trial_id):
+    """Opens the child run of one trial and always closes it.
+
+    The run ends FINISHED when the block completes, FAILED (tag `failure_reason`)
+    when it raises an `Exception`, and KILLED when it is interrupted.
+
+    Yields:
+        A `TrialRun`.
+    """
+    run = mlflow.start_run(
+        experiment_id=parent.experiment_id,
+        run_name=f"{spec_name}-trial-{trial_id}",
+        parent_run_id=parent.run_id,
+        nested=True,
+        tags={"sweep": spec_name, "trial_id": trial_id},
+    )
+    status = "KILLED"
+    try:
+        yield TrialRun(run.info.run_id)
+        status = "FINISHED"
+    except Exception as e:
+        status = "FAILED"
+        mlflow.set_tag("failure_reason", _one_line(e))
+        raise
+    finally:
+        mlflow.flush_async_logging()  # Every metric is stored before the run ends.
+        mlflow.end_run(RunStatus.to_string(getattr(RunStatus, status)))
+
+
+def _one_line(error):
+    text = str(error).strip().splitlines()
+    message = text[0] if text else ""
+    return f"{error.__class__.__name__}: {message}"[:500]
+
+
+def finished_result(parent, trial_id, objective):
+    """Returns a trial's logged objective if MLflow already holds it FINISHED, else None.
+
+    Guards against running a trial twice when a process died between finishing
+    the trial's run and Keras Tuner recording the trial as done.
+    """
+    client = MlflowClient()
+    for run in trial_runs(client, parent.run_id, status="FINISHED", trial_id=trial_id):
+        metrics = run.data.metrics
+        if objective in metrics:
+            return run.info.run_id, {k: metrics[k] for k in ("val_accuracy", "val_loss")
+                                     if k in metrics}
+    return None

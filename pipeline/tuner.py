@@ -1,0 +1,145 @@
+"""The Keras Tuner subclass: Keras Tuner's search loop, one trial = one MLflow child run.
+
+The search loop, the oracles, resuming and the chief/worker protocol are Keras
+Tuner's own. This class overrides only the hooks: `run_trial` trains, evaluates
+and logs one configuration; `on_trial_end` reports progress and keeps the
+parent run's best trial current.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import time
+
+import keras
+import keras_tuner
+import mlflow
+import numpy as np
+import tensorflow as tf
+
+from pipeline import tracking
+from pipeline.gradients import GradientProbe
+from pipeline.model import CompileOptions, MnistHyperModel
+from pipeline.oracles import make_oracle
+from pipeline.progress import Progress
+
+EVAL_BATCH_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=2)
+def device_arrays(dataset):
+    """The dataset as tensors, placed on the device once per process."""
+    names = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+    return {name: tf.convert_to_tensor(getattr(dataset, name)) for name in names}
+
+
+class SweepTuner(keras_tuner.Tuner):
+    """Searches a spec's space; every trial is logged to MLflow under `parent`.
+
+    Args:
+        spec: the sweep `Spec`.
+        space: its `SearchSpace`.
+        parent: the sweep's `tracking.Parent` run.
+        options: `CompileOptions` for every trial's model.
+        progress: a `Progress` that prints a line per trial.
+        verbose: Keras' per-epoch output (0: off).
+        **kwargs: `directory`, `project_name` for Keras Tuner.
+    """
+
+    def __init__(self, spec, space, parent, options=CompileOptions(), progress=None,
+                 verbose=0, **kwargs):
+        oracle = make_oracle(spec, space)
+        oracle.verbose = 0  # Our own one-line progress replaces Keras Tuner's table.
+        super().__init__(oracle=oracle, hypermodel=MnistHyperModel(space, options),
+                         **kwargs)
+        self.spec = spec
+        self.space = space
+        self.parent = parent
+        self.progress = progress or Progress(spec.name, spec.tuner.max_trials)
+        self.verbose = verbose
+        self._outcome = {}
+
+    def run_trial(self, trial, dataset):
+        """Trains, evaluates and logs one configuration; returns its final metrics."""
+        start = time.perf_counter()
+        config = self.space.config(trial.hyperparameters.values)
+        self._outcome[trial.trial_id] = (config, start, None)
+        logged = tracking.finished_result(self.parent, trial.trial_id, self.spec.tuner.objective)
+        if logged is not None:
+            self.progress.say(f"trial {trial.trial_id} already finished in MLflow run "
+                              f"{logged[0]}; not training it again")
+            return logged[1]
+        arrays = device_arrays(dataset)
+        with tracking.trial_run(self.parent, self.spec.name, trial.trial_id) as run:
+            run.log_params(config)
+            model = self._fresh_model(trial, config)
+            model.fit(
+                arrays["x_train"], arrays["y_train"],
+                batch_size=config.batch_size,
+                epochs=config.epochs,
+                initial_epoch=config.initial_epoch,
+                validation_data=(arrays["x_val"], arrays["y_val"]),
+                validation_batch_size=EVAL_BATCH_SIZE,
+                callbacks=[tracking.EpochLogger(run, GradientProbe(dataset.x_train,
+                                                                   dataset.y_train)),
+                           keras.callbacks.TerminateOnNaN()],
+                verbose=self.verbose,
+            )
+            _fail_on_nan(run)
+            test_loss, test_accuracy = model.evaluate(
+                arrays["x_test"], arrays["y_test"], batch_size=EVAL_BATCH_SIZE, verbose=0)
+            run.log_results(model, test_loss, test_accuracy,
+                            f"{self.spec.name} trial {trial.trial_id}: {config.describe()}")
+        metrics = {k: run.history[k][-1] for k in ("val_accuracy", "val_loss")}
+        self._outcome[trial.trial_id] = (config, start, dict(metrics, test_accuracy=test_accuracy))
+        return metrics
+
+    def _fresh_model(self, trial, config):
+        # Drop what earlier trials left in Keras' global state, then seed this one.
+        keras.backend.clear_session()
+        gc.collect()
+        keras.utils.set_random_seed(self.spec.tuner.seed * 1000 + int(trial.trial_id))
+        values = trial.hyperparameters.values
+        if "tuner/trial_id" in values:  # Hyperband: continue an earlier trial's model.
+            earlier = tracking.trial_runs(mlflow.MlflowClient(), self.parent.run_id,
+                                          status="FINISHED", trial_id=values["tuner/trial_id"])
+            if earlier:
+                return mlflow.keras.load_model(
+                    f"runs:/{earlier[0].info.run_id}/{tracking.MODEL_NAME}")
+        return self.hypermodel.build(trial.hyperparameters)
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)  # The oracle records the trial; state is saved.
+        config, start, metrics = self._outcome.pop(trial.trial_id, (None, None, None))
+        if config is not None:
+            failure = None if metrics else _reason(trial.message)
+            self.progress.trial(trial.trial_id, config, time.perf_counter() - start,
+                                metrics, failure)
+        best = self.best_trial()
+        if best is not None:
+            tracking.record_best(self.parent, *best)
+
+    def best_trial(self):
+        """Returns (trial_id, val_accuracy, run_id) of the best completed trial, or None."""
+        best = self.oracle.get_best_trials(1)
+        if not best or best[0].status != "COMPLETED" or best[0].score is None:
+            return None
+        trial = best[0]
+        runs = tracking.trial_runs(mlflow.MlflowClient(), self.parent.run_id,
+                                   status="FINISHED", trial_id=trial.trial_id)
+        return (trial.trial_id, trial.metrics.get_last_value("val_accuracy"),
+                runs[0].info.run_id if runs else None)
+
+
+def _fail_on_nan(run):
+    losses = run.history["loss"]
+    if losses and not np.isfinite(losses[-1]):
+        raise keras_tuner.errors.FailedTrialError(
+            f"loss became NaN in epoch {run.epochs[-1]} (training diverged)")
+
+
+def _reason(message):
+    """The last line of a Keras Tuner failure message (which holds a traceback)."""
+    lines = [line for line in (message or "").strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "unknown error"

@@ -1,0 +1,56 @@
+"""Shared fixtures: a seed, a private MLflow store and working directory, real MNIST."""
+
+import os
+from pathlib import Path
+
+import keras
+import mlflow
+import pytest
+from click.testing import CliRunner
+
+from pipeline import data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    keras.utils.set_random_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def workdir(tmp_path, monkeypatch):
+    """Each test runs in its own directory with its own SQLite tracking store."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def mnist_path():
+    """The real MNIST file that `.ci/run` points `MNIST_NPZ` at. Missing: fail, never skip."""
+    path = os.environ.get(data.ENV_VAR)
+    assert path, f"set {data.ENV_VAR} to a Keras-layout mnist.npz (see README)"
+    assert Path(path).is_file(), f"{data.ENV_VAR}={path} does not exist"
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist_path):
+    """A real slice: 1,000 training images, the usual validation and test sets."""
+    return data.load(mnist_path, validation_split=10_000, train_limit=1_000)
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def client():
+    return mlflow.MlflowClient()

@@ -1,0 +1,136 @@
+import pytest
+import yaml
+
+from pipeline import spec as spec_module
+from pipeline.spec import Choice, Range, SpecError
+
+SHIPPED = ["part1-wide", "part1-narrow", "part2-narrow", "part2-medium", "part2-wide",
+           "part3", "activation"]
+
+
+def write(tmp_path, body, name="custom"):
+    data = {"name": name, "description": "a test spec",
+            "search_space": {"hidden_layers": 2, "units": {"min": 4, "max": 8}}}
+    for key, value in body.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_every_shipped_spec_loads_within_the_exercise_rules():
+    names = [p.stem for p in spec_module.available()]
+    assert sorted(names) == sorted(SHIPPED)
+    for name in SHIPPED:
+        spec = spec_module.load(name)
+        assert spec.name == name
+        assert spec.training.epochs >= 10
+        if name != "activation":
+            assert spec.search_space.activation.values == ("sigmoid",)
+    assert set(spec_module.load("activation").search_space.activation.values) == {
+        "sigmoid", "tanh", "relu"}
+
+
+def test_shipped_specs_encode_each_part():
+    wide, narrow = spec_module.load("part1-wide"), spec_module.load("part1-narrow")
+    assert wide.constraints.min_trainable_params == 300_000
+    assert narrow.constraints.max_trainable_params == 49_999
+    assert (wide.constraints.max_hidden_layers, narrow.constraints.max_hidden_layers) == (1, 1)
+    bands = {name: spec_module.load(name).constraints for name in
+             ("part2-narrow", "part2-medium", "part2-wide")}
+    assert all(c.min_hidden_layers >= 10 for c in bands.values())
+    assert (bands["part2-narrow"].min_units, bands["part2-narrow"].max_units) == (1, 9)
+    assert (bands["part2-medium"].min_units, bands["part2-medium"].max_units) == (10, 49)
+    assert (bands["part2-wide"].min_units, bands["part2-wide"].max_units) == (50, 100)
+    part3 = spec_module.load("part3")
+    assert part3.constraints.min_hidden_layers >= 3
+    assert isinstance(part3.search_space.learning_rate, Range)
+    assert isinstance(part3.search_space.momentum, Range)
+
+
+def test_value_forms(tmp_path):
+    path = write(tmp_path, {"search_space": {
+        "hidden_layers": {"min": 1, "max": 3}, "units": {"min": 8, "max": 64, "step": 8},
+        "activation": ["sigmoid", "relu"], "learning_rate": {"min": 0.001, "max": 0.1,
+                                                             "sampling": "log"},
+        "momentum": [0.0, 0.9], "batch_size": 64}})
+    spec = spec_module.load(path)
+    s = spec.search_space
+    assert s.hidden_layers == Range(1, 3, 1)
+    assert s.units == Range(8, 64, 8)
+    assert s.activation == Choice(("sigmoid", "relu"))
+    assert s.learning_rate == Range(0.001, 0.1, sampling="log")
+    assert s.momentum == Choice((0.0, 0.9))
+    assert s.batch_size == Choice((64,)) and s.batch_size.fixed
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"tuner": {"algorithm": "annealing"}},
+     "tuner.algorithm: 'annealing' is not one of random, bayesian, hyperband, grid"),
+    ({"tuner": {"objective": "accuracy"}}, "tuner.objective: 'accuracy' is not one of"),
+    ({"tuner": {"max_trials": 0}}, "tuner.max_trials: must be >= 1"),
+    ({"tuner": {"max_trials": "many"}}, "tuner.max_trials: expected an integer"),
+    ({"training": {"epochs": 2.5}}, "training.epochs: expected an integer"),
+    ({"training": {"validation_split": 70000}}, "training.validation_split: expected"),
+    ({"training": {"momentum": 1.5}}, "training.momentum: must be < 1.0"),
+    ({"training": {"optimiser": "adam"}}, "training: unknown field 'optimiser'"),
+    ({"search_space": {"hidden_layers": 2, "units": 8, "activation": "softmax"}},
+     "search_space.activation: 'softmax' is not one of"),
+    ({"search_space": {"units": 8}}, "search_space.hidden_layers: required"),
+    ({"search_space": {"hidden_layers": {"min": 3, "max": 1}, "units": 8}},
+     "search_space.hidden_layers: need 1 <= min <= max"),
+    ({"search_space": {"hidden_layers": 2, "units": 8,
+                       "learning_rate": {"min": 0, "max": 1, "sampling": "log"}}},
+     "search_space.learning_rate: must be > 0"),
+    ({"search_space": {"hidden_layers": 2, "units": 8, "batch_size": [32, 0]}},
+     "search_space.batch_size: batch sizes must be >= 1"),
+    ({"constraints": {"min_hidden_layers": 5}},
+     "search_space.hidden_layers: 2..2 never meets constraints 5..None"),
+    ({"constraints": {"min_trainable_params": 10, "max_trainable_params": 5}},
+     "constraints.max_trainable_params: must be >= min_trainable_params"),
+    ({"part": 4}, "part: 4 is not one of 1, 2, 3 or null"),
+    ({"description": None}, "description: required"),
+    ({"tuner": {"algorithm": "grid"},
+      "search_space": {"hidden_layers": 1, "units": 8,
+                       "learning_rate": {"min": 0.01, "max": 0.1}}},
+     "search_space.learning_rate: the grid algorithm needs a list of values"),
+])
+def test_bad_spec_names_the_field_and_what_is_allowed(tmp_path, body, message):
+    path = write(tmp_path, body)
+    with pytest.raises(SpecError) as error:
+        spec_module.load(path)
+    assert str(path) in str(error.value)
+    assert message in str(error.value)
+
+
+def test_name_must_match_file(tmp_path):
+    path = write(tmp_path, {})
+    path.rename(tmp_path / "other.yaml")
+    with pytest.raises(SpecError, match="name: 'custom' must match the file name 'other'"):
+        spec_module.load(tmp_path / "other.yaml")
+
+
+def test_unknown_spec_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError, match="unknown spec 'part9'.*part1-narrow"):
+        spec_module.load("part9")
+    with pytest.raises(SpecError, match="spec file not found"):
+        spec_module.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        spec_module.load(bad)
+
+
+def test_overrides_and_fingerprint():
+    spec = spec_module.load("part1-narrow")
+    bigger = spec.with_overrides(max_trials=40)
+    assert bigger.tuner.max_trials == 40 and bigger.training == spec.training
+    assert spec.with_overrides(max_trials=0, epochs=0, seed=0) == spec
+    # More trials resume the same sweep; anything that changes a trial is a new one.
+    assert bigger.fingerprint("data") == spec.fingerprint("data")
+    assert spec.with_overrides(epochs=12).fingerprint("data") != spec.fingerprint("data")
+    assert spec.with_overrides(seed=5).fingerprint("data") != spec.fingerprint("data")
+    assert spec.fingerprint("other data") != spec.fingerprint("data")

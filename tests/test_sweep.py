@@ -1,0 +1,140 @@
+"""End to end: real sweeps on a real MNIST slice, checked in the real MLflow store."""
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline.cli import cli
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--train-limit", "1000", "--epochs", "2"]
+EPOCH_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"}
+
+
+def sweep(runner, mnist_path, spec, *args):
+    result = runner.invoke(cli, ["sweep", spec, "--data", mnist_path, *SMALL, *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def runs_of(client, sweep_name):
+    experiment = client.get_experiment_by_name("mnist-sweeps")
+    runs = client.search_runs([experiment.experiment_id], f"tags.sweep = '{sweep_name}'")
+    parents = [r for r in runs if "trial_id" not in r.data.tags]
+    children = [r for r in runs if "trial_id" in r.data.tags]
+    return parents, children
+
+
+def test_sweep_logs_every_name_of_the_contract(runner, client, mnist_path, small_mnist):
+    result = sweep(runner, mnist_path, "part1-narrow", "--max-trials", "3")
+    assert "trial 2 (3/3)" in result.output and "left" in result.output
+
+    parents, children = runs_of(client, "part1-narrow")
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.run_name == "part1-narrow"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["part"] == "1"
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["part1-narrow.yaml"]
+
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["sweep"] == "part1-narrow"
+        params = child.data.params
+        assert set(params) == {"hidden_layers", "units", "activation", "optimizer",
+                               "learning_rate", "momentum", "batch_size", "epochs", "loss"}
+        assert params["activation"] == "sigmoid" and params["optimizer"] == "SGD"
+        assert params["epochs"] == "2" and params["hidden_layers"] == "1"
+        units = int(params["units"])
+        metrics = child.data.metrics
+        assert metrics["trainable_params"] == 795 * units + 10 < 50_000
+        assert metrics["weights"] == 794 * units and metrics["biases"] == units + 10
+        for name in EPOCH_METRICS | {"grad_mean_abs_layer_0", "grad_mean_abs_layer_1"}:
+            history = client.get_metric_history(child.info.run_id, name)
+            assert [m.step for m in history] == [1, 2], name
+        assert 0 < metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+        assert "curves.png" in [a.path for a in client.list_artifacts(child.info.run_id)]
+
+    # The parent points at its best trial by validation accuracy.
+    best = max(children, key=lambda r: r.data.metrics["val_accuracy"])
+    assert parent.data.tags["best_trial"] == best.data.tags["trial_id"]
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(
+        best.data.metrics["val_accuracy"])
+
+    # The logged model reloads through the Keras flavor and reproduces test_accuracy.
+    model = mlflow.keras.load_model(f"runs:/{best.info.run_id}/model")
+    predictions = model.predict(small_mnist.x_test, verbose=0)
+    accuracy = np.mean(predictions.argmax(1) == small_mnist.y_test.argmax(1))
+    assert accuracy == pytest.approx(best.data.metrics["test_accuracy"], abs=1e-6)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{best.info.run_id}/model")
+    (spec,) = pyfunc.metadata.signature.inputs.inputs
+    assert (spec.name, spec.type, spec.shape) == ("pixels", np.dtype("float32"), (-1, 784))
+
+
+def test_deep_sweep_logs_only_active_layers(runner, client, mnist_path):
+    sweep(runner, mnist_path, "part2-narrow", "--max-trials", "3", "--epochs", "1")
+    _, children = runs_of(client, "part2-narrow")
+    assert len(children) == 3
+    for child in children:
+        layers = int(child.data.params["hidden_layers"])
+        units = [int(u) for u in child.data.params["units"].split(",")]
+        assert 10 <= layers <= 12 and len(units) == layers
+        assert all(1 <= u <= 9 for u in units)
+        assert not any(k.startswith("units_") for k in child.data.params)
+        assert {f"grad_mean_abs_layer_{i}" for i in range(layers + 1)} <= set(
+            child.data.metrics)
+
+
+def test_same_seed_same_configurations_and_metrics(runner, client, mnist_path):
+    sweep(runner, mnist_path, "part1-narrow", "--max-trials", "2",
+          "--experiment", "first", "--directory", "first")
+    sweep(runner, mnist_path, "part1-narrow", "--max-trials", "2",
+          "--experiment", "second", "--directory", "second")
+
+    def outcome(name):
+        experiment = client.get_experiment_by_name(name)
+        runs = client.search_runs([experiment.experiment_id], "tags.trial_id != ''",
+                                  order_by=["tags.trial_id"])
+        return [(r.data.params["units"], round(r.data.metrics["val_accuracy"], 6),
+                 round(r.data.metrics["loss"], 5)) for r in runs]
+
+    assert outcome("first") == outcome("second")
+    assert len(outcome("first")) == 2
+
+
+def test_rerun_resumes_the_same_parent_and_trains_nothing_twice(runner, client, mnist_path):
+    sweep(runner, mnist_path, "part1-narrow", "--max-trials", "2")
+    again = sweep(runner, mnist_path, "part1-narrow", "--max-trials", "2")
+    assert "resuming" in again.output and "(1/2)" not in again.output
+    more = sweep(runner, mnist_path, "part1-narrow", "--max-trials", "3")
+    assert "trial 2 (3/3)" in more.output
+    parents, children = runs_of(client, "part1-narrow")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["trial_id"] for r in children) == ["0", "1", "2"]
+    fresh = sweep(runner, mnist_path, "part1-narrow", "--max-trials", "1", "--overwrite")
+    assert "starting" in fresh.output
+    parents, _ = runs_of(client, "part1-narrow")
+    assert len(parents) == 2
+
+
+def test_diverging_trial_fails_with_reason_and_the_sweep_goes_on(
+        runner, client, mnist_path, tmp_path):
+    spec = tmp_path / "diverge.yaml"
+    spec.write_text(
+        "name: diverge\ndescription: relu at a huge learning rate diverges\n"
+        "search_space: {hidden_layers: 2, units: 64, activation: relu,\n"
+        "               learning_rate: [1000000.0, 0.01]}\n"
+        "tuner: {algorithm: grid, max_trials: 2}\n")
+    result = sweep(runner, mnist_path, str(spec))
+    assert "FAILED (" in result.output
+    parents, children = runs_of(client, "diverge")
+    by_lr = {float(r.data.params["learning_rate"]): r for r in children}
+    failed = by_lr[1_000_000.0]
+    assert failed.info.status == "FAILED"
+    assert "NaN" in failed.data.tags["failure_reason"]
+    assert by_lr[0.01].info.status == "FINISHED"
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["best_trial"] == by_lr[0.01].data.tags["trial_id"]
