@@ -40,9 +40,10 @@ def sweep_options(func):
         click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME",
                      default="mnist-sweeps", show_default=True,
                      help="MLflow experiment (or $MLFLOW_EXPERIMENT_NAME)."),
-        click.option("--directory", default="kt_sweeps", show_default=True,
-                     type=click.Path(file_okay=False),
-                     help="Where Keras Tuner keeps each sweep's state (for resuming)."),
+        click.option("--directory", envvar="MNIST_SWEEPS_DIR", default="kt_sweeps",
+                     show_default=True, type=click.Path(file_okay=False),
+                     help="Where Keras Tuner keeps each sweep's state, for resuming "
+                          "(or $MNIST_SWEEPS_DIR)."),
         click.option("--overwrite", is_flag=True,
                      help="Start the sweep afresh instead of resuming it."),
         click.option("-v", "--verbose", count=True,
@@ -104,12 +105,12 @@ def list_specs():
 
 
 @cli.command()
-@click.argument("spec_name", metavar="SPEC")
+@click.argument("spec", metavar="SPEC")
 @sweep_options
-def sweep(spec_name, max_trials, epochs, seed, data_path, train_limit, experiment,
+def sweep(spec, max_trials, epochs, seed, data_path, train_limit, experiment,
           directory, overwrite, verbose):
     """Run (or resume) the sweep SPEC: a name in sweeps/ or a YAML path."""
-    spec = load_spec(spec_name, max_trials, epochs, seed)
+    spec = load_spec(spec, max_trials, epochs, seed)
     dataset = load_data(data_path, spec.training.validation_split, train_limit)
     from pipeline import sweep as sweep_module
 

@@ -20,7 +20,7 @@ class CompileOptions:
         jit_compile: XLA-compile the step ("auto" lets Keras decide).
     """
 
-    steps_per_execution: int = 1
+    steps_per_execution: int = 128
     jit_compile: bool | str = "auto"
 
 

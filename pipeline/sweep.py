@@ -101,7 +101,8 @@ def run_exercise(specs, load_dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
     """Runs every exercise sweep in turn.
 
     Under `mlflow run`, each sweep's parent run is nested under the run that
-    `mlflow run` made, when both are in the same experiment.
+    `mlflow run` made when both are in the same experiment; otherwise that run
+    gets a tag `sweep_run_id.<sweep>` pointing at each sweep's parent run.
 
     Args:
         specs: the `Spec`s, in order.
@@ -114,8 +115,15 @@ def run_exercise(specs, load_dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
         The `Result` of each sweep.
     """
     nest_under = tracking.umbrella_run(experiment, launcher_run_id)
-    return [run(spec, load_dataset(spec), experiment=experiment, nest_under=nest_under,
-                **kwargs) for spec in specs]
+    results = []
+    for spec in specs:
+        result = run(spec, load_dataset(spec), experiment=experiment, nest_under=nest_under,
+                     **kwargs)
+        if launcher_run_id and not nest_under:
+            tracking.point_to(launcher_run_id, f"sweep_run_id.{spec.name}",
+                              result.parent_run_id)
+        results.append(result)
+    return results
 
 
 @contextlib.contextmanager

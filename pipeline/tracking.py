@@ -103,7 +103,7 @@ def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=
         tmp.write_text(json.dumps({"parent_run_id": parent.run_id}))
         tmp.replace(state)
     if launcher_run_id and launcher_run_id != parent.run_id:
-        client.set_tag(launcher_run_id, "sweep_run_id", parent.run_id)
+        point_to(launcher_run_id, "sweep_run_id", parent.run_id)
     client.log_batch(parent.run_id, tags=_tags({
         "sweep": spec.name,
         "part": spec.part if spec.part is not None else "",
@@ -114,6 +114,11 @@ def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=
         "seed": spec.tuner.seed,
     }))
     return parent
+
+
+def point_to(launcher_run_id, key, parent_run_id):
+    """Tags the `mlflow run` launcher run with where the sweep was logged."""
+    MlflowClient().set_tag(launcher_run_id, key, parent_run_id)
 
 
 def umbrella_run(experiment, launcher_run_id):

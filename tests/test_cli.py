@@ -1,0 +1,59 @@
+import pytest
+
+from pipeline.cli import cli
+
+
+def test_help_everywhere(runner):
+    for args in ([], ["sweep"], ["list"], ["exercise"]):
+        result = runner.invoke(cli, [*args, "--help"])
+        assert result.exit_code == 0
+        assert "Usage:" in result.output
+    sweep_help = runner.invoke(cli, ["sweep", "--help"]).output
+    for option in ("--max-trials", "--epochs", "--data", "--train-limit", "--seed",
+                   "--experiment", "--directory", "--overwrite"):
+        assert option in sweep_help
+
+
+def test_list_shows_every_spec_with_its_constraints(runner):
+    result = runner.invoke(cli, ["list"])
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line for line in result.output.splitlines()
+             if line and not line.startswith(" ")}
+    assert set(lines) == {"part1-wide", "part1-narrow", "part2-narrow", "part2-medium",
+                          "part2-wide", "part3", "activation"}
+    assert "params 300,000..814,090" in lines["part1-wide"]
+    assert "params 6,370..49,999" in lines["part1-narrow"]
+    assert "layers 10..12  units 1..9" in lines["part2-narrow"]
+    assert "sigmoid/tanh/relu" in lines["activation"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "part9"], "Invalid value for SPEC: unknown spec 'part9'"),
+    (["sweep", "part1-narrow", "--max-trials", "-1"],
+     "Invalid value for '--max-trials': -1 is not in the range x>=0"),
+    (["sweep", "part1-narrow", "--epochs", "ten"],
+     "Invalid value for '--epochs': 'ten' is not a valid integer"),
+    (["sweep", "part1-narrow", "--data", "missing.npz"],
+     "Invalid value for '--data': MNIST file not found: missing.npz; pass a local"),
+    (["sweep", "part1-narrow", "--colour"], "No such option '--colour'"),
+    (["sweep"], "Missing argument 'SPEC'"),
+    (["exercise", "--data", "missing.npz"], "Invalid value for '--data'"),
+])
+def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(
+        runner, workdir, args, message):
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (workdir / "mlflow.db").exists()
+    assert not (workdir / "kt_sweeps").exists()
+
+
+def test_invalid_spec_file_is_a_usage_error(runner, workdir):
+    bad = workdir / "bad.yaml"
+    bad.write_text("name: bad\ndescription: x\nsearch_space: {hidden_layers: 1, units: 8}\n"
+                   "tuner: {algorithm: sa}\n")
+    result = runner.invoke(cli, ["sweep", str(bad)])
+    assert result.exit_code == 2
+    assert "tuner.algorithm: 'sa' is not one of random, bayesian, hyperband, grid" in (
+        result.output)
+    assert not (workdir / "mlflow.db").exists()
