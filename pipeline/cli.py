@@ -48,6 +48,8 @@ def sweep_options(func):
                      help="Start the sweep afresh instead of resuming it."),
         click.option("-v", "--verbose", count=True,
                      help="Show Keras' per-epoch progress bar."),
+        click.option("--mixed-precision", is_flag=True,
+                     help="Compute in float16 on GPUs (results change slightly)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -108,35 +110,66 @@ def list_specs():
 @click.argument("spec", metavar="SPEC")
 @sweep_options
 def sweep(spec, max_trials, epochs, seed, data_path, train_limit, experiment,
-          directory, overwrite, verbose):
+          directory, overwrite, verbose, mixed_precision):
     """Run (or resume) the sweep SPEC: a name in sweeps/ or a YAML path."""
     spec = load_spec(spec, max_trials, epochs, seed)
     dataset = load_data(data_path, spec.training.validation_split, train_limit)
+    from pipeline import device
     from pipeline import sweep as sweep_module
 
+    devices = device.configure(mixed_precision)
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)  # Set by `mlflow run`.
     sweep_module.run(spec, dataset, experiment=experiment, directory=directory,
-                     overwrite=overwrite, verbose=verbose, launcher_run_id=launcher)
+                     overwrite=overwrite, verbose=verbose, launcher_run_id=launcher,
+                     devices=devices)
 
 
 @cli.command()
 @sweep_options
+@click.option("--out", default="reports", show_default=True,
+              type=click.Path(file_okay=False), help="Directory for the report files.")
 def exercise(max_trials, epochs, seed, data_path, train_limit, experiment, directory,
-             overwrite, verbose):
-    """Run every exercise sweep in turn (Parts One to Three and `activation`)."""
+             overwrite, verbose, mixed_precision, out):
+    """Run every exercise sweep in turn (Parts One to Three and `activation`), then
+    the report."""
     from pipeline import sweep as sweep_module
 
-    specs = [load_spec(name, max_trials, epochs, seed) for name in sweep_module.EXERCISE]
+    specs = [load_spec(name, max_trials, epochs, seed) for name in spec_module.EXERCISE]
     datasets = {}
     for spec in specs:  # Check every input before the first trial.
         split = spec.training.validation_split
         if split not in datasets:
             datasets[split] = load_data(data_path, split, train_limit)
+    from pipeline import device
+
+    devices = device.configure(mixed_precision)
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)
     sweep_module.run_exercise(
         specs, lambda spec: datasets[spec.training.validation_split],
         experiment=experiment, launcher_run_id=launcher, directory=directory,
-        overwrite=overwrite, verbose=verbose)
+        overwrite=overwrite, verbose=verbose, devices=devices)
+    from pipeline import report as report_module
+
+    out_dir, run_id, _ = report_module.write(experiment, out)
+    click.echo(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'}; "
+               f"logged to MLflow run {run_id}")
+
+
+@cli.command()
+@click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME", default="mnist-sweeps",
+              show_default=True, help="MLflow experiment holding the exercise sweeps.")
+@click.option("--out", default="reports", show_default=True,
+              type=click.Path(file_okay=False), help="Directory for the report files.")
+def report(experiment, out):
+    """Answer the exercise from the runs in MLflow: report.md, report.html, plots."""
+    from pipeline import report as report_module
+
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
+    out_dir, run_id, answers = report_module.write(experiment, out, launcher)
+    for name in answers["missing"]:
+        click.echo(f"missing sweep {name}: run {report_module.missing_command(name)}")
+    click.echo(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'}; "
+               f"logged to MLflow run {run_id}")
 
 
 def main():

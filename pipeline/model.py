@@ -37,7 +37,8 @@ def build_model(config, options=CompileOptions()):
             keras.layers.Dense(units, activation=config.activation, name=f"hidden_{i}")
             for i, units in enumerate(config.units)
         ]
-        + [keras.layers.Dense(OUTPUTS, activation="softmax", name="digits")]
+        # The softmax stays float32 under a mixed-precision policy, for stable losses.
+        + [keras.layers.Dense(OUTPUTS, activation="softmax", name="digits", dtype="float32")]
     )
     model.compile(
         optimizer=keras.optimizers.SGD(

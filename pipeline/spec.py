@@ -20,6 +20,9 @@ ALGORITHMS = ("random", "bayesian", "hyperband", "grid")
 OBJECTIVES = {"val_accuracy": "max", "val_loss": "min"}
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "elu", "selu", "gelu", "softplus", "swish")
 PARTS = (1, 2, 3)
+# The exercise's sweeps, in the order its questions are asked.
+EXERCISE = ("part1-wide", "part1-narrow", "part2-narrow", "part2-medium", "part2-wide",
+            "activation", "part3")
 
 # Where spec names are looked up: the working directory first, then the repo.
 SPEC_DIRS = (Path("sweeps"), Path(__file__).resolve().parents[1] / "sweeps")

@@ -22,9 +22,6 @@ from pipeline.progress import Progress
 from pipeline.tuner import SweepTuner
 
 DEFAULT_DIRECTORY = "kt_sweeps"
-# The exercise, in the order its questions are asked.
-EXERCISE = ("part1-wide", "part1-narrow", "part2-narrow", "part2-medium", "part2-wide",
-            "activation", "part3")
 
 
 class Interrupted(BaseException):
@@ -48,7 +45,7 @@ def project_name(spec, dataset, experiment):
 
 def run(spec, dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
         directory=DEFAULT_DIRECTORY, overwrite=False, verbose=0, launcher_run_id=None,
-        nest_under=None, options=CompileOptions(), stream=None):
+        nest_under=None, options=CompileOptions(), stream=None, devices="CPU"):
     """Runs (or resumes) one sweep to its `max_trials`.
 
     Args:
@@ -62,6 +59,7 @@ def run(spec, dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
         nest_under: a run id to nest the parent run under.
         options: `CompileOptions` for every model.
         stream: where progress lines go (default stdout).
+        devices: what the trials run on, for the first progress line.
 
     Returns:
         A `Result`.
@@ -76,7 +74,8 @@ def run(spec, dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
     progress.say(
         f"{'resuming' if parent.resumed else 'starting'} {spec.tuner.algorithm} search, "
         f"{spec.tuner.max_trials} trials of {spec.training.epochs} epochs on "
-        f"{dataset.describe()}; MLflow run {parent.run_id} in experiment {experiment!r}")
+        f"{dataset.describe()} on {devices}; MLflow run {parent.run_id} in experiment "
+        f"{experiment!r}")
     tuner = SweepTuner(spec, space, parent, options=options, progress=progress,
                        verbose=verbose, directory=str(directory), project_name=project)
     status = "FAILED"

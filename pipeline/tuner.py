@@ -25,6 +25,9 @@ from pipeline.oracles import make_oracle
 from pipeline.progress import Progress
 
 EVAL_BATCH_SIZE = 1024
+# Every trial builds a new model, so Keras traces a new step function per trial;
+# TensorFlow's "retracing" warning about that is expected here.
+tf.get_logger().setLevel("ERROR")
 
 
 @functools.lru_cache(maxsize=2)

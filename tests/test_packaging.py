@@ -19,7 +19,8 @@ def test_conda_yaml_repeats_pyproject_pins():
 def test_mlproject_parameters_map_one_to_one_onto_cli_options():
     project = yaml.safe_load((REPO / "MLproject").read_text())
     assert project["conda_env"] == "conda.yaml"
-    commands = {"sweep": cli.commands["sweep"], "main": cli.commands["exercise"]}
+    commands = {"sweep": cli.commands["sweep"], "main": cli.commands["exercise"],
+                "report": cli.commands["report"]}
     for name, entry in project["entry_points"].items():
         command = commands[name]
         options = {o.lstrip("-").replace("-", "_") for p in command.params for o in p.opts}
