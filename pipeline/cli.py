@@ -8,6 +8,7 @@ line naming the option, before anything is written to MLflow.
 from __future__ import annotations
 
 import os
+import socket
 
 import click
 
@@ -50,6 +51,8 @@ def sweep_options(func):
                      help="Show Keras' per-epoch progress bar."),
         click.option("--mixed-precision", is_flag=True,
                      help="Compute in float16 on GPUs (results change slightly)."),
+        click.option("--threads", type=FROM_SPEC, default=0, show_default=True,
+                     help="CPU threads TensorFlow may use per process; 0 = all."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -106,51 +109,102 @@ def list_specs():
         click.echo(f"{'':<14} {spec.description.splitlines()[0]}")
 
 
+def _oracle_address(ctx, param, value):
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
 @cli.command()
 @click.argument("spec", metavar="SPEC")
 @sweep_options
-def sweep(spec, max_trials, epochs, seed, data_path, train_limit, experiment,
-          directory, overwrite, verbose, mixed_precision):
+@click.option("--workers", type=FROM_SPEC, default=0, show_default=True,
+              help="Run N worker processes and a chief on this machine (Keras Tuner's "
+                   "distributed mode); 0 = one process.")
+@click.option("--role", type=click.Choice(["chief", "worker"]),
+              help="This process's part in a distributed sweep started by a scheduler.")
+@click.option("--oracle", callback=_oracle_address, metavar="HOST:PORT",
+              help="The chief's oracle address (with --role).")
+@click.option("--worker-id", default=None,
+              help="A worker's id, unique in the sweep (default: worker-<host>-<pid>).")
+@click.option("--worker-timeout", type=click.FloatRange(min=1), default=60,
+              show_default=True,
+              help="Seconds without a heartbeat before the chief re-issues a worker's trial.")
+def sweep(spec, workers, role, oracle, worker_id, worker_timeout, **options):
     """Run (or resume) the sweep SPEC: a name in sweeps/ or a YAML path."""
-    spec = load_spec(spec, max_trials, epochs, seed)
-    dataset = load_data(data_path, spec.training.validation_split, train_limit)
+    if workers and role:
+        raise click.UsageError("--workers starts its own chief and workers: drop --role")
+    if role and not oracle:
+        raise click.BadParameter("--role needs the chief's address", param_hint="'--oracle'")
+    if oracle and not role:
+        raise click.BadParameter("--oracle needs --role chief or worker",
+                                 param_hint="'--role'")
+    spec_arg = spec
+    spec = load_spec(spec, options["max_trials"], options["epochs"], options["seed"])
+    dataset = load_data(options["data_path"], spec.training.validation_split,
+                        options["train_limit"])
+    if workers:
+        from pipeline import launcher
+
+        raise SystemExit(launcher.launch(
+            _sweep_args(spec_arg, options, worker_timeout), workers, worker_timeout))
+    from pipeline import distributed
+
+    if role:
+        distributed.set_role(role, oracle, worker_id or
+                             f"worker-{socket.gethostname()}-{os.getpid()}")
+    _run_sweeps([spec], lambda s: dataset, options, worker_timeout=worker_timeout)
+
+
+def _sweep_args(spec_arg, options, worker_timeout):
+    """The `sweep` arguments that reproduce these options in another process."""
+    args = [spec_arg, "--max-trials", options["max_trials"], "--epochs", options["epochs"],
+            "--seed", options["seed"], "--data", options["data_path"], "--train-limit",
+            options["train_limit"], "--experiment", options["experiment"], "--directory",
+            options["directory"], "--worker-timeout", worker_timeout]
+    args += ["--overwrite"] * options["overwrite"] + ["-v"] * options["verbose"]
+    args += ["--mixed-precision"] * options["mixed_precision"]
+    return [str(a) for a in args]
+
+
+def _run_sweeps(specs, load_dataset, options, **kwargs):
+    """Configures the devices and runs the sweeps (one: `sweep`; all: `exercise`)."""
     from pipeline import device
     from pipeline import sweep as sweep_module
 
-    devices = device.configure(mixed_precision)
+    devices = device.configure(options["mixed_precision"], options["threads"])
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)  # Set by `mlflow run`.
-    sweep_module.run(spec, dataset, experiment=experiment, directory=directory,
-                     overwrite=overwrite, verbose=verbose, launcher_run_id=launcher,
-                     devices=devices)
+    common = dict(experiment=options["experiment"], directory=options["directory"],
+                  overwrite=options["overwrite"], verbose=options["verbose"],
+                  devices=devices, **kwargs)
+    if len(specs) == 1:
+        return [sweep_module.run(specs[0], load_dataset(specs[0]),
+                                 launcher_run_id=launcher, **common)]
+    return sweep_module.run_exercise(specs, load_dataset, launcher_run_id=launcher,
+                                     **common)
 
 
 @cli.command()
 @sweep_options
 @click.option("--out", default="reports", show_default=True,
               type=click.Path(file_okay=False), help="Directory for the report files.")
-def exercise(max_trials, epochs, seed, data_path, train_limit, experiment, directory,
-             overwrite, verbose, mixed_precision, out):
+def exercise(out, **options):
     """Run every exercise sweep in turn (Parts One to Three and `activation`), then
     the report."""
-    from pipeline import sweep as sweep_module
-
-    specs = [load_spec(name, max_trials, epochs, seed) for name in spec_module.EXERCISE]
+    specs = [load_spec(name, options["max_trials"], options["epochs"], options["seed"])
+             for name in spec_module.EXERCISE]
     datasets = {}
     for spec in specs:  # Check every input before the first trial.
         split = spec.training.validation_split
         if split not in datasets:
-            datasets[split] = load_data(data_path, split, train_limit)
-    from pipeline import device
-
-    devices = device.configure(mixed_precision)
-    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
-    sweep_module.run_exercise(
-        specs, lambda spec: datasets[spec.training.validation_split],
-        experiment=experiment, launcher_run_id=launcher, directory=directory,
-        overwrite=overwrite, verbose=verbose, devices=devices)
+            datasets[split] = load_data(options["data_path"], split, options["train_limit"])
+    _run_sweeps(specs, lambda spec: datasets[spec.training.validation_split], options)
     from pipeline import report as report_module
 
-    out_dir, run_id, _ = report_module.write(experiment, out)
+    out_dir, run_id, _ = report_module.write(options["experiment"], out)
     click.echo(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'}; "
                f"logged to MLflow run {run_id}")
 

@@ -8,6 +8,7 @@ same MLflow parent run is continued. A finished sweep then does nothing.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import mlflow
 
+from pipeline import distributed, tracking
 from pipeline import space as space_module
-from pipeline import tracking
 from pipeline.model import CompileOptions
 from pipeline.progress import Progress
 from pipeline.tuner import SweepTuner
@@ -45,8 +46,13 @@ def project_name(spec, dataset, experiment):
 
 def run(spec, dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
         directory=DEFAULT_DIRECTORY, overwrite=False, verbose=0, launcher_run_id=None,
-        nest_under=None, options=CompileOptions(), stream=None, devices="CPU"):
-    """Runs (or resumes) one sweep to its `max_trials`.
+        nest_under=None, options=CompileOptions(), stream=None, devices="CPU",
+        worker_timeout=distributed.WORKER_TIMEOUT):
+    """Runs (or resumes) one sweep to its `max_trials`, or one process's part of it.
+
+    In Keras Tuner's distributed mode (see `pipeline.distributed`), the chief owns
+    the oracle and the parent run and trains nothing; each worker trains the
+    trials the chief hands out, logging each under the chief's parent run.
 
     Args:
         spec: the sweep `Spec`, overrides applied.
@@ -60,24 +66,39 @@ def run(spec, dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
         options: `CompileOptions` for every model.
         stream: where progress lines go (default stdout).
         devices: what the trials run on, for the first progress line.
+        worker_timeout: on a chief, seconds of silence before a worker is lost.
 
     Returns:
-        A `Result`.
+        A `Result` (on a worker, with the parent found and no best trial).
     """
     space = space_module.build(spec)
     project = project_name(spec, dataset, experiment)
+    role = distributed.role()
+    progress = Progress(spec.name if role != "worker" else
+                        f"{spec.name}/{distributed.tuner_id()}", spec.tuner.max_trials, stream)
+    if role == "worker":
+        # Workers keep their own Keras Tuner files; the oracle lives on the chief.
+        directory = Path(directory) / "workers" / distributed.tuner_id()
+        tuner = SweepTuner(spec, space, None, experiment, options=options, progress=progress,
+                           verbose=verbose, directory=str(directory), project_name=project)
+        progress.say(f"worker for {project} on {devices}, oracle at "
+                     f"{os.environ[distributed.ENV_IP]}:{os.environ[distributed.ENV_PORT]}")
+        with _sigterm_raises():
+            tuner.search(dataset)
+        return Result(spec.name, tuner.parent.run_id, None, None, False)
+
     project_dir = Path(directory) / project
     if overwrite and project_dir.exists():
         shutil.rmtree(project_dir)
     parent = tracking.open_parent(spec, experiment, project_dir, launcher_run_id, nest_under)
-    progress = Progress(spec.name, spec.tuner.max_trials, stream)
     progress.say(
         f"{'resuming' if parent.resumed else 'starting'} {spec.tuner.algorithm} search, "
         f"{spec.tuner.max_trials} trials of {spec.training.epochs} epochs on "
         f"{dataset.describe()} on {devices}; MLflow run {parent.run_id} in experiment "
-        f"{experiment!r}")
-    tuner = SweepTuner(spec, space, parent, options=options, progress=progress,
-                       verbose=verbose, directory=str(directory), project_name=project)
+        f"{experiment!r}" + ("; serving the oracle to workers" if role == "chief" else ""))
+    tuner = SweepTuner(spec, space, parent, experiment, options=options, progress=progress,
+                       verbose=verbose, worker_timeout=worker_timeout,
+                       directory=str(directory), project_name=project)
     status = "FAILED"
     try:
         with _sigterm_raises():
@@ -87,12 +108,22 @@ def run(spec, dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
         status = "KILLED"
         raise
     finally:
-        best = tuner.best_trial()
-        tracking.end_parent(parent, status, best)
-        progress.say(f"{status.lower()}; best trial {best[0]} val_accuracy {best[1]:.4f}"
-                     if best else f"{status.lower()}; no trial completed")
+        best = _close(tuner, parent, status, progress)
     return Result(spec.name, parent.run_id, best and best[0], best and best[1],
                   parent.resumed)
+
+
+def _close(tuner, parent, status, progress):
+    """Records the best trial and ends the parent run; never hides the first error."""
+    try:
+        best = tuner.best_trial()
+        tracking.end_parent(parent, status, best)
+    except Exception as e:  # noqa: BLE001 - the sweep's own outcome matters more.
+        progress.say(f"could not close MLflow run {parent.run_id}: {e}")
+        return None
+    progress.say(f"{status.lower()}; best trial {best[0]} val_accuracy {best[1]:.4f}"
+                 if best else f"{status.lower()}; no trial completed")
+    return best
 
 
 def run_exercise(specs, load_dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,

@@ -8,7 +8,8 @@ run per trial (tags `sweep`, `trial_id`) holding:
 - metrics: `trainable_params`, `weights`, `biases`; per epoch, with step = epoch
   number (1 = after the first epoch): `loss`, `accuracy`, `val_loss`,
   `val_accuracy`, `epoch_seconds` and `grad_mean_abs_layer_<i>`; at the end
-  `test_loss`, `test_accuracy`;
+  `test_loss`, `test_accuracy`, `fit_seconds` and `trial_seconds` (the trial's
+  wall time up to its last log call);
 - the trained model through MLflow's Keras flavor, with an input signature, and
   `curves.png`, training vs validation accuracy and loss per epoch.
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +30,7 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
-from mlflow.entities import Metric, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -95,8 +98,8 @@ def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=
     state = Path(project_dir) / PARENT_FILE
     parent = _reopen(client, state)
     if parent is None:
-        parent = Parent(_new_parent_run(client, spec, exp_id, launcher_run_id, nest_under),
-                        exp_id)
+        parent = Parent(_new_parent_run(client, spec, exp_id, Path(project_dir).name,
+                                        launcher_run_id, nest_under), exp_id)
         client.log_artifact(parent.run_id, spec.path)
         state.parent.mkdir(parents=True, exist_ok=True)
         tmp = state.with_suffix(".tmp")
@@ -106,6 +109,7 @@ def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=
         point_to(launcher_run_id, "sweep_run_id", parent.run_id)
     client.log_batch(parent.run_id, tags=_tags({
         "sweep": spec.name,
+        "sweep_key": Path(project_dir).name,
         "part": spec.part if spec.part is not None else "",
         "algorithm": spec.tuner.algorithm,
         "objective": spec.tuner.objective,
@@ -114,6 +118,40 @@ def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=
         "seed": spec.tuner.seed,
     }))
     return parent
+
+
+def find_parent(experiment, sweep_key, wait_seconds=300):
+    """A worker's view of its sweep's parent run, which the chief opened.
+
+    Waits up to `wait_seconds` for the chief to open (or reopen) it.
+
+    Raises:
+        RuntimeError: if no running parent run with this `sweep_key` appears.
+    """
+    client = MlflowClient()
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is not None:
+            runs = client.search_runs(
+                [exp.experiment_id],
+                f"tags.sweep_key = '{sweep_key}' and attributes.status = 'RUNNING'",
+                order_by=["attributes.start_time DESC"], max_results=1)
+            if runs:
+                return Parent(runs[0].info.run_id, exp.experiment_id)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no running parent run for sweep {sweep_key} in experiment "
+                               f"{experiment!r}: is the chief running with the same spec, "
+                               "data and tracking URI?")
+        time.sleep(2)
+
+
+def fail_trial_runs(parent_run_id, trial_id, reason):
+    """Ends a trial's runs that are still RUNNING as FAILED (their worker was lost)."""
+    client = MlflowClient()
+    for run in trial_runs(client, parent_run_id, status="RUNNING", trial_id=trial_id):
+        client.set_tag(run.info.run_id, "failure_reason", reason)
+        client.set_terminated(run.info.run_id, "FAILED")
 
 
 def point_to(launcher_run_id, key, parent_run_id):
@@ -147,7 +185,14 @@ def _reopen(client, state):
     return Parent(run_id, run.info.experiment_id, resumed=True)
 
 
-def _new_parent_run(client, spec, exp_id, launcher_run_id, nest_under):
+def _new_parent_run(client, spec, exp_id, key, launcher_run_id, nest_under):
+    # An earlier parent of the same sweep left RUNNING (its state was overwritten or
+    # lost) must not be found by this sweep's workers.
+    stale = client.search_runs([exp_id], f"tags.sweep_key = '{key}' and "
+                                         "attributes.status = 'RUNNING'")
+    for run in stale:
+        client.set_tag(run.info.run_id, "failure_reason", "superseded by a new sweep")
+        client.set_terminated(run.info.run_id, "KILLED")
     if launcher_run_id:
         launcher = client.get_run(launcher_run_id)
         if launcher.info.experiment_id == exp_id and "sweep" not in launcher.data.tags:
@@ -199,38 +244,98 @@ def _tags(mapping):
     return [RunTag(k, str(v)) for k, v in mapping.items()]
 
 
+class MetricWriter:
+    """Writes one run's metrics from a background thread, in order, losing none.
+
+    Training does not wait for the tracking store. MLflow's own asynchronous
+    logging (`synchronous=False`) is not used here: it drops a batch whose write
+    fails (logging an error only), and each flush waits on a 1-second poll. Here a
+    failed write is retried, and `close()` raises if a batch still could not be
+    written, so the trial fails loudly instead of finishing with metrics missing.
+    """
+
+    def __init__(self, run_id):
+        self.run_id = run_id
+        self.error = None
+        self._queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"metrics-{run_id[:8]}")
+        self._thread.start()
+
+    def log(self, metrics, step):
+        timestamp = int(time.time() * 1000)
+        self._queue.put([Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
+
+    def _loop(self):
+        client = MlflowClient()
+        while (batch := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    retry(lambda: client.log_batch(self.run_id, metrics=batch))
+                except Exception as e:  # noqa: BLE001 - reported by close().
+                    self.error = e
+
+    def close(self):
+        """Waits until every metric is written; raises if one could not be."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"metrics of run {self.run_id} could not be written: "
+                               f"{_one_line(self.error)}") from self.error
+
+
+def retry(call, attempts=4, delay=1.0):
+    """Calls `call`, retrying with a doubling delay if the store is busy or away."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay * 2 ** attempt)
+
+
 @dataclass
 class TrialRun:
     """One trial's child run: what it has logged so far, and the calls to log more."""
 
     run_id: str
+    writer: MetricWriter
     epochs: list = field(default_factory=list)
     history: dict = field(default_factory=lambda: {k: [] for k in EPOCH_METRICS})
 
     def log_params(self, config):
-        mlflow.log_params(config.mlflow_params())
         count = config.params
-        mlflow.log_metrics({"trainable_params": count.total, "weights": count.weights,
-                            "biases": count.biases}, step=0)
+        counts = {"trainable_params": count.total, "weights": count.weights,
+                  "biases": count.biases}
+        timestamp = int(time.time() * 1000)
+        MlflowClient().log_batch(
+            self.run_id,
+            params=[Param(k, str(v)) for k, v in config.mlflow_params().items()],
+            metrics=[Metric(k, float(v), timestamp, 0) for k, v in counts.items()])
 
     def log_epoch(self, epoch, metrics):
         """Logs one epoch's metrics (step = `epoch`, 1-based) without waiting."""
         self.epochs.append(epoch)
         for key in EPOCH_METRICS:
             self.history[key].append(float(metrics.get(key, np.nan)))
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch,
-                           synchronous=False)
+        self.writer.log(metrics, step=epoch)
 
     def log_results(self, model, test_loss, test_accuracy, title):
         """Logs test metrics, the model (Keras flavor) and `curves.png`."""
-        mlflow.log_metrics({"test_loss": float(test_loss),
-                            "test_accuracy": float(test_accuracy)},
-                           step=self.epochs[-1] if self.epochs else 0, synchronous=False)
+        self.writer.log({"test_loss": test_loss, "test_accuracy": test_accuracy},
+                        step=self.epochs[-1] if self.epochs else 0)
         mlflow.keras.log_model(model, name=MODEL_NAME, signature=SIGNATURE,
                                pip_requirements=_requirements())
         if self.epochs:
             mlflow.log_figure(plots.training_curves(self.epochs, self.history, title),
                               "curves.png")
+
+    def log_timing(self, fit_seconds, trial_seconds):
+        """Logs how long `fit` took and the trial as a whole, up to this call."""
+        self.writer.log({"fit_seconds": fit_seconds, "trial_seconds": trial_seconds},
+                        step=self.epochs[-1] if self.epochs else 0)
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -273,17 +378,26 @@ def trial_run(parent, spec_name, trial_id):
         nested=True,
         tags={"sweep": spec_name, "trial_id": trial_id},
     )
+    trial = TrialRun(run.info.run_id, MetricWriter(run.info.run_id))
     status = "KILLED"
     try:
-        yield TrialRun(run.info.run_id)
+        yield trial
+        trial.writer.close()  # Every metric is stored before the run ends.
         status = "FINISHED"
     except Exception as e:
         status = "FAILED"
         mlflow.set_tag("failure_reason", _one_line(e))
         raise
     finally:
-        mlflow.flush_async_logging()  # Every metric is stored before the run ends.
-        mlflow.end_run(RunStatus.to_string(getattr(RunStatus, status)))
+        _close_quietly(trial.writer)  # Drains what is queued; FAILED already says why.
+        mlflow.end_run(status)
+
+
+def _close_quietly(writer):
+    try:
+        writer.close()
+    except RuntimeError:
+        pass
 
 
 def _one_line(error):

@@ -1,0 +1,162 @@
+"""Keras Tuner's chief/worker mode, with lost workers noticed and their trials re-issued.
+
+Keras Tuner runs one oracle on a chief process (a gRPC server) and trials on
+worker processes that ask it for work. It reads three environment variables:
+`KERASTUNER_TUNER_ID` ("chief" or a worker's id), `KERASTUNER_ORACLE_IP` and
+`KERASTUNER_ORACLE_PORT`. `--role` and `--oracle` on the command line set them;
+schedulers may set them directly instead.
+
+Keras Tuner's own chief waits forever for a worker that died in a trial. Here each
+worker sends a heartbeat, and the chief gives a silent worker's trial back to the
+oracle (which hands it to the next worker that asks) or, when no worker is left,
+ends it as failed, so a sweep always finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from keras_tuner.src import protos
+from keras_tuner.src.distribute import oracle_chief
+from keras_tuner.src.distribute import utils as dist_utils
+from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.src.engine.oracle import synchronized
+
+ENV_ID = "KERASTUNER_TUNER_ID"
+ENV_IP = "KERASTUNER_ORACLE_IP"
+ENV_PORT = "KERASTUNER_ORACLE_PORT"
+HEARTBEAT_SECONDS = 2.0
+WORKER_TIMEOUT = 60.0
+METADATA_KEY = "tuner-id"
+
+
+def set_role(role, oracle_address, worker_id=None):
+    """Sets Keras Tuner's environment for this process (`role`: chief or worker)."""
+    host, _, port = oracle_address.rpartition(":")
+    os.environ[ENV_IP] = host
+    os.environ[ENV_PORT] = port
+    os.environ[ENV_ID] = "chief" if role == "chief" else (worker_id or f"worker{os.getpid()}")
+
+
+def role():
+    """"chief", "worker", or None when Keras Tuner's distributed variables are unset."""
+    if not dist_utils.has_chief_oracle():
+        return None
+    return "chief" if dist_utils.is_chief_oracle() else "worker"
+
+
+def tuner_id():
+    return os.environ.get(ENV_ID, "tuner0")
+
+
+class Heartbeat:
+    """A worker's background heartbeat to the chief, so the chief sees it is alive."""
+
+    def __init__(self, interval=HEARTBEAT_SECONDS):
+        address = f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}"
+        self._stub = protos.get_service_grpc().OracleStub(grpc.insecure_channel(address))
+        self._metadata = [(METADATA_KEY, tuner_id())]
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="heartbeat")
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop.wait(self._interval):
+            try:
+                self._stub.GetSpace(protos.get_service().GetSpaceRequest(),
+                                    metadata=self._metadata, timeout=self._interval * 5)
+            except grpc.RpcError:
+                pass  # The chief is busy or gone; the trial's own calls will tell.
+
+    def stop(self):
+        self._stop.set()
+
+
+class WatchingServicer(oracle_chief.OracleServicer):
+    """Keras Tuner's servicer, noting when each worker was last heard from."""
+
+    def __init__(self, oracle):
+        super().__init__(oracle)
+        self.last_seen = {}
+
+    def _seen(self, tuner_id):
+        self.last_seen[tuner_id] = time.monotonic()
+
+    def GetSpace(self, request, context):
+        for key, value in context.invocation_metadata():
+            if key == METADATA_KEY:
+                self._seen(value)
+        return super().GetSpace(request, context)
+
+    def CreateTrial(self, request, context):
+        self._seen(request.tuner_id)
+        return super().CreateTrial(request, context)
+
+
+@synchronized
+def _give_back(oracle, tuner_id):
+    """Takes a lost worker's trial back into the oracle's retry queue."""
+    trial = oracle.ongoing_trials.pop(tuner_id, None)
+    oracle.tuner_ids.discard(tuner_id)
+    if trial is not None:
+        oracle._retry_queue.append(trial.trial_id)
+        oracle.save()
+    return trial
+
+
+@synchronized
+def _pop_orphan(oracle):
+    """Takes a trial waiting for a retry out of the queue (None if there is none)."""
+    if not oracle._retry_queue:
+        return None
+    trial = oracle.trials[oracle._retry_queue.pop()]
+    oracle.ongoing_trials["lost"] = trial  # So that `end_trial` can close it.
+    return trial
+
+
+def _fail_orphans(oracle, reason):
+    """Ends as FAILED the trials waiting for a retry that no worker is left to run."""
+    while (trial := _pop_orphan(oracle)) is not None:
+        trial.status = trial_module.TrialStatus.FAILED
+        trial.message = reason
+        oracle.end_trial(trial)
+        yield trial
+
+
+def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0):
+    """Runs the chief's oracle server until every trial is done (Keras Tuner's loop).
+
+    Args:
+        oracle: the sweep's oracle.
+        on_lost: called as `on_lost(tuner_id, trial, re_issued)` for each trial of a
+            worker that went silent for `worker_timeout` seconds.
+        worker_timeout: seconds without a heartbeat before a worker counts as lost.
+        poll_seconds: how often to check.
+    """
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    servicer = WatchingServicer(oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    server.add_insecure_port(f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}")
+    server.start()
+    try:
+        while True:
+            time.sleep(poll_seconds)
+            now = time.monotonic()
+            for worker, trial in list(oracle.ongoing_trials.items()):
+                seen = servicer.last_seen.setdefault(worker, now)
+                if now - seen > worker_timeout and _give_back(oracle, worker) and on_lost:
+                    on_lost(worker, trial, True)
+            if servicer.stop_triggered and not oracle.tuner_ids:
+                for trial in _fail_orphans(oracle, "its worker was lost and no worker "
+                                                   "was left to re-run it"):
+                    if on_lost:
+                        on_lost(None, trial, False)
+            if servicer.stop_triggered and oracle_chief.exit_chief(oracle):
+                return
+    finally:
+        server.stop(grace=5)

@@ -1,0 +1,87 @@
+"""`--workers N`: a chief and N workers of one sweep, as processes on this machine.
+
+Each process is the same `python -m pipeline sweep` command with a role, exactly
+what a cluster scheduler would start on separate nodes (see `deploy/`). The
+launcher forwards SIGTERM and SIGINT to all of them, and returns the chief's exit
+status: 0 when the sweep finished.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from pipeline import distributed
+
+# How long the chief may take to notice lost workers and finish after the last
+# worker exits, beyond the worker timeout itself.
+GRACE_SECONDS = 30
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def commands(sweep_args, workers, port, threads):
+    """The chief's and the workers' commands (each an argv list)."""
+    base = [sys.executable, "-m", "pipeline", "sweep", *sweep_args,
+            "--oracle", f"127.0.0.1:{port}"]
+    chief = [*base, "--role", "chief"]
+    return chief, [[*base, "--role", "worker", "--worker-id", f"worker{i}",
+                    "--threads", str(threads)] for i in range(workers)]
+
+
+def launch(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT, stream=None):
+    """Runs a chief and `workers` workers until the chief exits.
+
+    Args:
+        sweep_args: the `sweep` command's arguments, without any role options.
+        workers: how many worker processes to start.
+        worker_timeout: the chief's worker timeout (for the shutdown grace).
+        stream: where the launcher's own lines go (default stderr).
+
+    Returns:
+        The chief's exit status (non-zero if every worker exited before the sweep
+        finished: the chief is then stopped, and the same command resumes it).
+    """
+    stream = stream or sys.stderr
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    chief_cmd, worker_cmds = commands(sweep_args, workers, free_port(), threads)
+    worker_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    chief = subprocess.Popen(chief_cmd)
+    procs = [subprocess.Popen(cmd, env=worker_env) for cmd in worker_cmds]
+    everyone = [chief, *procs]
+
+    def forward(signum, frame):
+        for process in everyone:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        all_gone_at = None
+        while chief.poll() is None:
+            time.sleep(0.5)
+            if all(p.poll() is not None for p in procs):
+                all_gone_at = all_gone_at or time.monotonic()
+                if time.monotonic() - all_gone_at > worker_timeout + GRACE_SECONDS:
+                    print("launcher: every worker exited before the sweep finished; "
+                          "stopping the chief (run the same command again to resume)",
+                          file=stream, flush=True)
+                    chief.terminate()
+        for process in procs:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.terminate()
+                process.wait()
+        return chief.returncode
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
