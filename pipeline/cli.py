@@ -8,6 +8,7 @@ line naming the option, before anything is written to MLflow.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
 import click
@@ -83,6 +84,19 @@ def load_data(path, validation_split, train_limit):
 def cli():
     """Keras Tuner sweeps over MLP depth, width and activation on MNIST, every
     trial tracked in MLflow."""
+    from pipeline import tracking
+
+    tracking.secure_tracking_uri()
+
+
+def check_tracking():
+    """Stops with one line if the tracking server does not answer (exit 1)."""
+    from pipeline import tracking
+
+    try:
+        tracking.check_reachable()
+    except tracking.TrackingUnavailable as e:
+        raise click.ClickException(str(e)) from None
 
 
 @cli.command("list")
@@ -146,6 +160,7 @@ def sweep(spec, workers, role, oracle, worker_id, worker_timeout, **options):
     spec = load_spec(spec, options["max_trials"], options["epochs"], options["seed"])
     dataset = load_data(options["data_path"], spec.training.validation_split,
                         options["train_limit"])
+    check_tracking()
     if workers:
         from pipeline import launcher
 
@@ -171,20 +186,35 @@ def _sweep_args(spec_arg, options, worker_timeout):
 
 
 def _run_sweeps(specs, load_dataset, options, **kwargs):
-    """Configures the devices and runs the sweeps (one: `sweep`; all: `exercise`)."""
+    """Configures the devices and runs the sweeps (one: `sweep`; all: `exercise`).
+
+    A sweep that stops early exits 1 with one line saying why; SIGTERM exits 143
+    after the current trial's run is closed (the same command resumes).
+    """
+    import grpc
+
     from pipeline import device
     from pipeline import sweep as sweep_module
+    from pipeline.oracles import SweepStopped
 
     devices = device.configure(options["mixed_precision"], options["threads"])
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)  # Set by `mlflow run`.
     common = dict(experiment=options["experiment"], directory=options["directory"],
                   overwrite=options["overwrite"], verbose=options["verbose"],
                   devices=devices, **kwargs)
-    if len(specs) == 1:
-        return [sweep_module.run(specs[0], load_dataset(specs[0]),
-                                 launcher_run_id=launcher, **common)]
-    return sweep_module.run_exercise(specs, load_dataset, launcher_run_id=launcher,
-                                     **common)
+    try:
+        if len(specs) == 1:
+            return [sweep_module.run(specs[0], load_dataset(specs[0]),
+                                     launcher_run_id=launcher, **common)]
+        return sweep_module.run_exercise(specs, load_dataset, launcher_run_id=launcher,
+                                         **common)
+    except SweepStopped as e:
+        raise click.ClickException(str(e)) from None
+    except sweep_module.Interrupted:
+        click.echo("stopped by SIGTERM; run the same command again to resume", err=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except grpc.RpcError as e:
+        raise click.ClickException(f"lost the chief's oracle: {e.code().name}") from None
 
 
 @cli.command()
@@ -196,6 +226,7 @@ def exercise(out, **options):
     the report."""
     specs = [load_spec(name, options["max_trials"], options["epochs"], options["seed"])
              for name in spec_module.EXERCISE]
+    check_tracking()
     datasets = {}
     for spec in specs:  # Check every input before the first trial.
         split = spec.training.validation_split
@@ -218,6 +249,7 @@ def report(experiment, out):
     """Answer the exercise from the runs in MLflow: report.md, report.html, plots."""
     from pipeline import report as report_module
 
+    check_tracking()
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)
     out_dir, run_id, answers = report_module.write(experiment, out, launcher)
     for name in answers["missing"]:

@@ -26,6 +26,8 @@ from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine import trial as trial_module
 from keras_tuner.src.engine.oracle import synchronized
 
+from pipeline.oracles import SweepStopped
+
 ENV_ID = "KERASTUNER_TUNER_ID"
 ENV_IP = "KERASTUNER_ORACLE_IP"
 ENV_PORT = "KERASTUNER_ORACLE_PORT"
@@ -156,6 +158,8 @@ def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0)
                                                    "was left to re-run it"):
                     if on_lost:
                         on_lost(None, trial, False)
+            if getattr(oracle, "stopped", None):
+                raise SweepStopped(oracle.stopped)
             if servicer.stop_triggered and oracle_chief.exit_chief(oracle):
                 return
     finally:

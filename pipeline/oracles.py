@@ -11,20 +11,46 @@ in `populate_space()` and replaced.
 
 from __future__ import annotations
 
+import re
+
 import keras_tuner
 from keras_tuner.src.engine import trial as trial_module
 
 # Infeasible draws count as collisions; allow many before calling the space spent.
 MAX_REJECTIONS = 2000
+# A trial that raised (not one that diverged) is run once more: the error may have
+# been the infrastructure's (a tracking server restarting, say).
+MAX_RETRIES_PER_TRIAL = 1
+
+
+class SweepStopped(RuntimeError):
+    """Too many trials failed in a row; the message says how many and the last reason."""
+
+
+def failure_reason(message):
+    """The last line of a Keras Tuner trial message (a traceback), without module paths."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    return re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", lines[-1])[:300]
 
 
 class ConstrainedOracle:
     """Mixin for a Keras Tuner oracle: only feasible configurations come out."""
 
     def __init__(self, *args, space, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, max_retries_per_trial=MAX_RETRIES_PER_TRIAL, **kwargs)
         self.space = space
         self._max_collisions = MAX_REJECTIONS
+        self.stopped = None
+
+    def _check_consecutive_failures(self):
+        try:
+            super()._check_consecutive_failures()
+        except RuntimeError as e:
+            self.stopped = (f"stopped after {self.max_consecutive_failed_trials} failed "
+                            f"trials in a row; the last: {failure_reason(str(e))}")
+            raise SweepStopped(self.stopped) from None
 
     def feasible(self, values):
         config_values = {k: v for k, v in values.items() if not k.startswith("tuner/")}

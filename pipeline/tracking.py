@@ -2,7 +2,8 @@
 
 One parent run per sweep (run name = spec name; tags `sweep`, `part`, `best_trial`;
 metric `best_val_accuracy`; the spec file as an artifact) and one nested child
-run per trial (tags `sweep`, `trial_id`) holding:
+run per trial (tags `sweep`, `trial_id`, `worker`: the Keras Tuner id of the
+process that ran it) holding:
 
 - params: the trial's active hyperparameters (`TrialConfig.mlflow_params()`);
 - metrics: `trainable_params`, `weights`, `biases`; per epoch, with step = epoch
@@ -21,9 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import threading
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +59,68 @@ def _requirements():
     import tensorflow as tf
 
     return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
+
+
+def secure_tracking_uri(environ=os.environ):
+    """Moves credentials out of `MLFLOW_TRACKING_URI` into MLflow's own variables.
+
+    `http://user:password@host` works, but MLflow would print and log that URI
+    (run links, request errors). MLflow sends `MLFLOW_TRACKING_USERNAME` and
+    `MLFLOW_TRACKING_PASSWORD` as basic auth just the same, so the URI is kept
+    without them and no message can show them. Processes started later inherit
+    the cleaned environment. MLflow's run links are not printed either: the
+    progress lines say which run is which.
+    """
+    environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    uri = environ.get("MLFLOW_TRACKING_URI", "")
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not (parts.username or parts.password):
+        return
+    environ.setdefault("MLFLOW_TRACKING_USERNAME", urllib.parse.unquote(parts.username or ""))
+    environ.setdefault("MLFLOW_TRACKING_PASSWORD", urllib.parse.unquote(parts.password or ""))
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    environ["MLFLOW_TRACKING_URI"] = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact(uri):
+    """A URI fit to print: any user and password replaced by ***."""
+    parts = urllib.parse.urlsplit(uri)
+    if not (parts.username or parts.password):
+        return uri
+    netloc = "***@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer; the message says where and what to do."""
+
+
+def check_reachable(seconds=15):
+    """Fails fast if the tracking store is a server that does not answer.
+
+    MLflow's own client retries a dead server for minutes; a sweep should instead
+    stop at once, before anything is trained.
+
+    Raises:
+        TrackingUnavailable: if `/health` does not answer within `seconds`.
+    """
+    uri = mlflow.get_tracking_uri()
+    if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except OSError as e:
+            error = getattr(e, "reason", e)
+            if time.monotonic() > deadline:
+                raise TrackingUnavailable(
+                    f"cannot reach the MLflow tracking server at {redact(uri)} ({error}) "
+                    f"after {seconds} s; start it, or point MLFLOW_TRACKING_URI at one "
+                    "that runs (unset, ./mlflow.db is used)") from None
+        time.sleep(2)
 
 
 def experiment_id(name):
@@ -362,7 +428,7 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 @contextlib.contextmanager
-def trial_run(parent, spec_name, trial_id):
+def trial_run(parent, spec_name, trial_id, worker):
     """Opens the child run of one trial and always closes it.
 
     The run ends FINISHED when the block completes, FAILED (tag `failure_reason`)
@@ -376,7 +442,7 @@ def trial_run(parent, spec_name, trial_id):
         run_name=f"{spec_name}-trial-{trial_id}",
         parent_run_id=parent.run_id,
         nested=True,
-        tags={"sweep": spec_name, "trial_id": trial_id},
+        tags={"sweep": spec_name, "trial_id": trial_id, "worker": worker},
     )
     trial = TrialRun(run.info.run_id, MetricWriter(run.info.run_id))
     status = "KILLED"

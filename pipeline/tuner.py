@@ -22,7 +22,7 @@ import tensorflow as tf
 from pipeline import distributed, tracking
 from pipeline.gradients import GradientProbe
 from pipeline.model import CompileOptions, MnistHyperModel
-from pipeline.oracles import make_oracle
+from pipeline.oracles import failure_reason, make_oracle
 from pipeline.progress import Progress
 
 EVAL_BATCH_SIZE = 1024
@@ -114,7 +114,8 @@ class SweepTuner(keras_tuner.Tuner):
             self.progress.say(f"trial {trial.trial_id} already finished in MLflow run "
                               f"{logged[0]}; not training it again")
             return logged[1]
-        with tracking.trial_run(self.parent, self.spec.name, trial.trial_id) as run:
+        with tracking.trial_run(self.parent, self.spec.name, trial.trial_id,
+                                self.tuner_id) as run:
             run.log_params(config)
             model = self._fresh_model(trial, config)
             fit_start = time.perf_counter()
@@ -156,14 +157,15 @@ class SweepTuner(keras_tuner.Tuner):
                                           status="FINISHED", trial_id=values["tuner/trial_id"])
             if earlier:
                 return mlflow.keras.load_model(
-                    f"runs:/{earlier[0].info.run_id}/{tracking.MODEL_NAME}")
+                    f"runs:/{earlier[0].info.run_id}/{tracking.MODEL_NAME}",
+                    load_model_kwargs={"safe_mode": True})
         return self.hypermodel.build(trial.hyperparameters)
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)  # The oracle records the trial; state is saved.
         config, start, metrics = self._outcome.pop(trial.trial_id, (None, None, None))
         if config is not None:
-            failure = None if metrics else _reason(trial.message)
+            failure = None if metrics else failure_reason(trial.message)
             self.progress.trial(trial.trial_id, config, time.perf_counter() - start,
                                 metrics, failure)
         best = self.best_trial()
@@ -192,9 +194,3 @@ def _fail_on_nan(run):
     if losses and not np.isfinite(losses[-1]):
         raise keras_tuner.errors.FailedTrialError(
             f"loss became NaN in epoch {run.epochs[-1]} (training diverged)")
-
-
-def _reason(message):
-    """The last line of a Keras Tuner failure message (which holds a traceback)."""
-    lines = [line for line in (message or "").strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else "unknown error"

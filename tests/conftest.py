@@ -54,3 +54,20 @@ def runner():
 @pytest.fixture
 def client():
     return mlflow.MlflowClient()
+
+
+@pytest.fixture
+def tracking_server(workdir, monkeypatch):
+    """A real `mlflow server` on a fresh PostgreSQL database; MLflow points at it."""
+    from servers import MlflowServer, PostgresDatabase
+
+    database = PostgresDatabase()
+    server = MlflowServer(database.uri, workdir)
+    try:
+        server.start()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        mlflow.set_tracking_uri(server.url)
+        yield server
+    finally:
+        server.stop()
+        database.drop()

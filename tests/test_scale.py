@@ -1,0 +1,170 @@
+"""Distributed sweeps, resume after a crash, and faults, against a real PostgreSQL-backed
+`mlflow server` (see the `tracking_server` fixture)."""
+
+import signal
+import subprocess
+import time
+
+import mlflow
+import pytest
+from servers import SweepProcess, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 3
+
+
+def sweep_args(mnist_path, trials, *extra, spec="part1-narrow"):
+    return [spec, "--data", mnist_path, "--train-limit", "2000", "--epochs", str(EPOCHS),
+            "--max-trials", str(trials), *extra]
+
+
+def runs(client, kind="trial"):
+    experiment = client.get_experiment_by_name("mnist-sweeps")
+    if experiment is None:
+        return []
+    found = client.search_runs([experiment.experiment_id], "tags.sweep != ''")
+    if kind == "parent":
+        return [r for r in found if "trial_id" not in r.data.tags]
+    return [r for r in found if "trial_id" in r.data.tags]
+
+
+def mid_trial(client, trial_id=None):
+    """A trial run that is RUNNING and has logged at least one epoch, if any."""
+    for run in runs(client):
+        if run.info.status == "RUNNING" and "loss" in run.data.metrics and (
+                trial_id is None or run.data.tags["trial_id"] == trial_id):
+            return run
+    return None
+
+
+def check_complete(client, trials):
+    """Exactly one finished run per trial, each whole; nothing left RUNNING."""
+    parents = runs(client, "parent")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = runs(client)
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert sorted(r.data.tags["trial_id"] for r in finished) == [str(i) for i in range(trials)]
+    for run in finished:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1))
+        assert "test_accuracy" in run.data.metrics
+    return parents[0], finished
+
+
+def test_chief_and_two_workers_log_one_sweep(tracking_server, client, workdir, mnist_path,
+                                             small_mnist):
+    sweep = SweepProcess(sweep_args(mnist_path, 4, "--workers", "2"), workdir)
+    assert sweep.wait() == 0, sweep.text
+    parent, finished = check_complete(client, 4)
+    assert len(runs(client)) == 4  # No duplicates, no failed attempts.
+    assert {r.data.tags["worker"] for r in finished} == {"worker0", "worker1"}
+    assert "serving the oracle to workers" in sweep.text
+    # Every trial's model is in the server's artifact store and loads in safe mode.
+    model = mlflow.keras.load_model(f"runs:/{finished[0].info.run_id}/model",
+                                    load_model_kwargs={"safe_mode": True})
+    accuracy = model.evaluate(small_mnist.x_test, small_mnist.y_test, verbose=0)[1]
+    assert accuracy == pytest.approx(finished[0].data.metrics["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["single-process", "distributed"])
+def test_sigkill_mid_trial_then_rerun_finishes_without_duplicates(
+        tracking_server, client, workdir, mnist_path, workers):
+    args = sweep_args(mnist_path, 4, "--workers", str(workers))
+    first = SweepProcess(args, workdir)
+    wait_for(lambda: len([r for r in runs(client) if r.info.status == "FINISHED"]) >= 1
+             and mid_trial(client), 300, "a finished trial and another mid-trial")
+    first.kill()  # SIGKILL to every process of the sweep: nothing can clean up.
+    before = {r.data.tags["trial_id"]: r.info.run_id for r in runs(client)
+              if r.info.status == "FINISHED"}
+    interrupted = {r.info.run_id for r in runs(client) if r.info.status == "RUNNING"}
+    assert interrupted
+
+    second = SweepProcess(args, workdir)
+    assert second.wait() == 0, second.text
+    parent, finished = check_complete(client, 4)
+    assert "resuming" in second.text
+    # Finished trials were not run again: the same runs still hold them.
+    assert {t: r.info.run_id for t, r in ((r.data.tags["trial_id"], r) for r in finished)
+            if t in before} == before
+    for run_id in interrupted:
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED"
+        assert "interrupted" in run.data.tags["failure_reason"]
+
+
+def test_sigterm_ends_the_trial_run_and_exits_non_zero(tracking_server, client, workdir,
+                                                       mnist_path):
+    args = sweep_args(mnist_path, 3)
+    first = SweepProcess(args, workdir)
+    running = wait_for(lambda: mid_trial(client), 300, "a trial mid-way")
+    first.signal_group(signal.SIGTERM)
+    assert first.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "run the same command again to resume" in first.text
+    assert client.get_run(running.info.run_id).info.status == "KILLED"
+    (parent,) = runs(client, "parent")
+    assert parent.info.status == "KILLED"
+
+    second = SweepProcess(args, workdir)
+    assert second.wait() == 0, second.text
+    resumed, _ = check_complete(client, 3)
+    assert resumed.info.run_id == parent.info.run_id
+
+
+def test_dead_worker_trial_is_reissued_and_the_sweep_finishes(tracking_server, client,
+                                                              workdir, mnist_path):
+    sweep = SweepProcess(sweep_args(mnist_path, 4, "--workers", "2", "--worker-timeout",
+                                    "5"), workdir)
+    victim = wait_for(lambda: mid_trial(client), 300, "a trial mid-way")
+    worker = victim.data.tags["worker"]
+    pids = subprocess.run(["pgrep", "-f", "--", f"--worker-id {worker}"],
+                          capture_output=True, text=True).stdout.split()
+    assert pids, f"no process for {worker}"
+    for pid in pids:
+        subprocess.run(["kill", "-KILL", pid], check=True)
+    assert sweep.wait() == 0, sweep.text
+    check_complete(client, 4)
+    lost = client.get_run(victim.info.run_id)
+    assert lost.info.status == "FAILED"
+    assert f"worker {worker} stopped answering; trial re-issued" in lost.data.tags[
+        "failure_reason"]
+
+
+def test_tracking_server_restart_loses_no_finished_metrics(tracking_server, client,
+                                                           workdir, mnist_path):
+    sweep = SweepProcess(sweep_args(mnist_path, 3), workdir)
+    wait_for(lambda: mid_trial(client, "1"), 300, "trial 1 mid-way")
+    tracking_server.stop()
+    time.sleep(3)
+    tracking_server.start()
+    assert sweep.wait() == 0, sweep.text
+    _, finished = check_complete(client, 3)
+    for run in finished:
+        assert client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run.info.run_id}'")
+
+
+def test_unreachable_server_fails_fast_and_trains_nothing(workdir, mnist_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    start = time.monotonic()
+    sweep = SweepProcess(sweep_args(mnist_path, 2), workdir)
+    code = sweep.wait(timeout=60)
+    assert code == 1
+    assert time.monotonic() - start < 30
+    assert "cannot reach the MLflow tracking server at http://127.0.0.1:" in sweep.text
+    assert not (workdir / "kt_sweeps").exists()
+
+
+def test_credentials_in_the_tracking_uri_are_never_printed_or_logged(
+        tracking_server, client, workdir, mnist_path):
+    secret_uri = tracking_server.url.replace("http://", "http://sweeper:s3cret-pw@")
+    sweep = SweepProcess(sweep_args(mnist_path, 1), workdir,
+                         env={"MLFLOW_TRACKING_URI": secret_uri})
+    assert sweep.wait() == 0, sweep.text
+    assert "s3cret-pw" not in sweep.text
+    for run in runs(client) + runs(client, "parent"):
+        logged = {**run.data.params, **run.data.tags}
+        assert not [k for k, v in logged.items() if "s3cret-pw" in v]
