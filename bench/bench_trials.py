@@ -14,7 +14,8 @@ the baseline, the pipeline and their ratio (median, min, max over repetitions):
   run's start to last trial run's end, so the work between trials counts too)
   spent outside training epochs, for 10-epoch trials of the 784-25-10 model;
 - memory: peak RSS of a 30-trial sweep / of a 3-trial sweep;
-- throughput: trials per hour with 1 and 2 parallel workers on a Part Two spec.
+- throughput: trials per hour with 1 and 2 worker processes (`--workers`) on a
+  Part Two spec.
 """
 
 from __future__ import annotations
@@ -169,6 +170,33 @@ def bench_memory(args, workdir):
           f"{ratio:.3f} [target <= 1.2: {'met' if ratio <= 1.2 else 'NOT met'}]")
 
 
+def bench_throughput(args, workdir):
+    trials, epochs = args.throughput
+    print(f"\n## Throughput: trials per hour, part2-medium, {trials} trials of {epochs} "
+          f"epochs, chief + N workers on this machine")
+    rates = {}
+    for workers in (1, 2):
+        uri = f"sqlite:///{Path(workdir) / f'throughput-{workers}.db'}"
+        experiment = f"throughput-{workers}"
+        command = [sys.executable, "-m", "pipeline", "sweep", "part2-medium", "--data",
+                   args.data, "--epochs", str(epochs), "--max-trials", str(trials),
+                   "--workers", str(workers), "--experiment", experiment,
+                   "--directory", str(Path(workdir) / f"kt-throughput-{workers}")]
+        if args.train_limit:
+            command += ["--train-limit", str(args.train_limit)]
+        run_measured(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' "
+                                                       "and tags.trial_id != ''")
+        window = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs))
+        rates[workers] = len(runs) / (window / 1000) * 3600
+        print(f"N={workers}: {len(runs)} trials in {window / 1000:.1f} s (first trial start "
+              f"to last trial end): {rates[workers]:.0f} trials/hour")
+    print(f"ratio N=2 / N=1: {rates[2] / rates[1]:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("MNIST_NPZ"),
@@ -181,15 +209,18 @@ def main():
     if args.quick:
         args.reps, args.epochs, args.train_limit = 1, 2, 2000
         args.units, args.memory_trials, args.overhead_trials = [25], (2, 4), 2
+        args.throughput = (2, 1)
     else:
         args.reps, args.epochs, args.train_limit = 3, 10, None
         args.units, args.memory_trials, args.overhead_trials = [25, 378], (3, 30), 3
+        args.throughput = (8, 3)
     print(f"# bench_trials on {platform.node() or 'this machine'}: {os.cpu_count()} cores, "
           f"Python {platform.python_version()}{' (quick mode)' if args.quick else ''}")
     with tempfile.TemporaryDirectory() as workdir:
         bench_speed(args, workdir)
         bench_overhead(args, workdir)
         bench_memory(args, workdir)
+        bench_throughput(args, workdir)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,10 @@ def _oracle_address(ctx, param, value):
 @click.option("--worker-timeout", type=click.FloatRange(min=1), default=60,
               show_default=True,
               help="Seconds without a heartbeat before the chief re-issues a worker's trial.")
-def sweep(spec, workers, role, oracle, worker_id, worker_timeout, **options):
+@click.option("--chief-timeout", type=click.FloatRange(min=1), default=600,
+              show_default=True,
+              help="Seconds a worker waits for the chief to answer before it gives up.")
+def sweep(spec, workers, role, oracle, worker_id, worker_timeout, chief_timeout, **options):
     """Run (or resume) the sweep SPEC: a name in sweeps/ or a YAML path."""
     if workers and role:
         raise click.UsageError("--workers starts its own chief and workers: drop --role")
@@ -170,7 +173,7 @@ def sweep(spec, workers, role, oracle, worker_id, worker_timeout, **options):
 
     if role:
         distributed.set_role(role, oracle, worker_id or
-                             f"worker-{socket.gethostname()}-{os.getpid()}")
+                             f"worker-{socket.gethostname()}-{os.getpid()}", chief_timeout)
     _run_sweeps([spec], lambda s: dataset, options, worker_timeout=worker_timeout)
 
 
@@ -208,7 +211,7 @@ def _run_sweeps(specs, load_dataset, options, **kwargs):
                                      launcher_run_id=launcher, **common)]
         return sweep_module.run_exercise(specs, load_dataset, launcher_run_id=launcher,
                                          **common)
-    except SweepStopped as e:
+    except (SweepStopped, sweep_module.SweepBusy) as e:
         raise click.ClickException(str(e)) from None
     except sweep_module.Interrupted:
         click.echo("stopped by SIGTERM; run the same command again to resume", err=True)

@@ -21,7 +21,7 @@ from concurrent import futures
 
 import grpc
 from keras_tuner.src import protos
-from keras_tuner.src.distribute import oracle_chief
+from keras_tuner.src.distribute import oracle_chief, oracle_client
 from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine import trial as trial_module
 from keras_tuner.src.engine.oracle import synchronized
@@ -33,15 +33,21 @@ ENV_IP = "KERASTUNER_ORACLE_IP"
 ENV_PORT = "KERASTUNER_ORACLE_PORT"
 HEARTBEAT_SECONDS = 2.0
 WORKER_TIMEOUT = 60.0
+CHIEF_TIMEOUT = 600.0
 METADATA_KEY = "tuner-id"
 
 
-def set_role(role, oracle_address, worker_id=None):
-    """Sets Keras Tuner's environment for this process (`role`: chief or worker)."""
+def set_role(role, oracle_address, worker_id=None, chief_timeout=CHIEF_TIMEOUT):
+    """Sets Keras Tuner's environment for this process (`role`: chief or worker).
+
+    `chief_timeout` bounds how long a worker waits for the chief to answer (Keras
+    Tuner waits an hour, which keeps a batch job alive long after its chief is gone).
+    """
     host, _, port = oracle_address.rpartition(":")
     os.environ[ENV_IP] = host
     os.environ[ENV_PORT] = port
     os.environ[ENV_ID] = "chief" if role == "chief" else (worker_id or f"worker{os.getpid()}")
+    oracle_client.TIMEOUT = chief_timeout  # Read by every call of Keras Tuner's client.
 
 
 def role():

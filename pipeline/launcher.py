@@ -75,9 +75,10 @@ def launch(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT, strea
                           "stopping the chief (run the same command again to resume)",
                           file=stream, flush=True)
                     chief.terminate()
+        # The chief exits once no trial is left: workers only wait for its "stop".
         for process in procs:
             try:
-                process.wait(timeout=60)
+                process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.terminate()
                 process.wait()

@@ -15,6 +15,7 @@ import re
 
 import keras_tuner
 from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.src.engine.oracle import synchronized
 
 # Infeasible draws count as collisions; allow many before calling the space spent.
 MAX_REJECTIONS = 2000
@@ -51,6 +52,13 @@ class ConstrainedOracle:
             self.stopped = (f"stopped after {self.max_consecutive_failed_trials} failed "
                             f"trials in a row; the last: {failure_reason(str(e))}")
             raise SweepStopped(self.stopped) from None
+
+    @synchronized
+    def end_trial(self, trial):
+        super().end_trial(trial)
+        # Keras Tuner saves its state before it drops the trial from the ongoing
+        # ones, so a reload would run the last finished trial again: save once more.
+        self.save()
 
     def feasible(self, values):
         config_values = {k: v for k, v in values.items() if not k.startswith("tuner/")}

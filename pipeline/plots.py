@@ -44,7 +44,8 @@ def plot_curves(acc_ax, loss_ax, epochs, history, label=""):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="lower right" if metric == "accuracy" else "upper right")
+        ax.legend(fontsize="small", loc="lower right" if metric == "accuracy"
+                  else "upper right")
 
 
 def best_model_curves(models):
@@ -73,7 +74,7 @@ def accuracy_vs_params(groups):
     markers = "osD^v<>"
     for i, (label, points) in enumerate(groups.items()):
         if points:
-            params, accuracy = zip(*points)
+            params, accuracy = zip(*points, strict=True)
             ax.scatter(params, accuracy, label=f"{label} ({len(points)} trials)",
                        marker=markers[i % len(markers)], alpha=0.8)
     ax.set_xscale("log")
@@ -95,7 +96,7 @@ def gradients_by_depth(series, panels):
     """
     fig = Figure(figsize=(6 * len(panels), 5), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, panel in zip(axes, panels):
+    for ax, panel in zip(axes, panels, strict=True):
         for label, values in series:
             if values.get(panel):
                 depths = range(1, len(values[panel]) + 1)
@@ -106,5 +107,5 @@ def gradients_by_depth(series, panels):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"Gradient size by depth, {panel}")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize="small", loc="lower right" if metric == "accuracy" else "upper right")
+        ax.legend(fontsize="small")
     return fig

@@ -13,7 +13,7 @@ import math
 import statistics
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -219,7 +219,7 @@ def _correlation(trials):
     points = [(t.metrics["trainable_params"], t.metrics["test_accuracy"]) for t in trials]
     if len(points) < 3 or len({p for p, _ in points}) < 2:
         return {"n": len(points), "rho": None, "p_value": None, "clear": False}
-    rho, p_value = stats.spearmanr(*zip(*points))
+    rho, p_value = stats.spearmanr(*zip(*points, strict=True))
     rho, p_value = float(rho), float(p_value)
     clear = not math.isnan(rho) and p_value < CLEAR_P and abs(rho) >= CLEAR_RHO
     return {"n": len(points), "rho": rho, "p_value": p_value, "clear": clear}
@@ -269,7 +269,7 @@ def missing_command(name):
 def render(answers, sweeps, experiment):
     """Builds the report `Document` from `answer()`'s output and the sweeps."""
     doc = Document("MNIST exercise: answers from MLflow")
-    doc.paragraph(f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the "
+    doc.paragraph(f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from the "
                   f"runs in experiment `{experiment}`. Every number below is a value "
                   "logged there; each answer names its run.")
     if answers["missing"]:
@@ -327,7 +327,7 @@ def _render_part_two(doc, answers, sweeps):
                     "yes" if b["beat_chance"] else "no", run_ref(b["best"])]
                    for name, b in part2.items()])
         beaten = [n for n, b in part2.items() if b["beat_chance"]]
-        doc.paragraph(f"**Did any beat 20% accuracy?** "
+        doc.paragraph("**Did any beat 20% accuracy?** "
                       + (f"Yes: {', '.join(beaten)}." if beaten else
                          "No: every trial of every band stayed at or below 20% on "
                          "validation and test data (chance is 10%)."))

@@ -39,7 +39,7 @@ def count_params(units):
         A `ParamCount`; `total` equals Keras' `model.count_params()`.
     """
     widths = [INPUTS, *units, OUTPUTS]
-    weights = sum(a * b for a, b in zip(widths, widths[1:]))
+    weights = sum(a * b for a, b in zip(widths, widths[1:], strict=False))
     return ParamCount(weights=weights, biases=sum(widths[1:]))
 
 

@@ -8,6 +8,7 @@ same MLflow parent run is continued. A finished sweep then does nothing.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -88,29 +89,54 @@ def run(spec, dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
         return Result(spec.name, tuner.parent.run_id, None, None, False)
 
     project_dir = Path(directory) / project
-    if overwrite and project_dir.exists():
-        shutil.rmtree(project_dir)
-    parent = tracking.open_parent(spec, experiment, project_dir, launcher_run_id, nest_under)
-    progress.say(
-        f"{'resuming' if parent.resumed else 'starting'} {spec.tuner.algorithm} search, "
-        f"{spec.tuner.max_trials} trials of {spec.training.epochs} epochs on "
-        f"{dataset.describe()} on {devices}; MLflow run {parent.run_id} in experiment "
-        f"{experiment!r}" + ("; serving the oracle to workers" if role == "chief" else ""))
-    tuner = SweepTuner(spec, space, parent, experiment, options=options, progress=progress,
-                       verbose=verbose, worker_timeout=worker_timeout,
-                       directory=str(directory), project_name=project)
-    status = "FAILED"
-    try:
-        with _sigterm_raises():
-            tuner.search(dataset)
-        status = "FINISHED"
-    except (KeyboardInterrupt, Interrupted):
-        status = "KILLED"
-        raise
-    finally:
-        best = _close(tuner, parent, status, progress)
+    with _exclusive(Path(directory) / f".{project}.lock", spec.name):
+        if overwrite and project_dir.exists():
+            shutil.rmtree(project_dir)
+        tuner = SweepTuner(spec, space, None, experiment, options=options, progress=progress,
+                           verbose=verbose, worker_timeout=worker_timeout,
+                           directory=str(directory), project_name=project)
+        if tuner.finished():  # A re-run of a finished sweep: leave its runs as they are.
+            parent = tracking.existing_parent(project_dir)
+            progress.say(f"already finished: {len(tuner.oracle.trials)} trials in MLflow run "
+                         f"{parent.run_id if parent else '?'}; --max-trials N extends it")
+            return Result(spec.name, parent and parent.run_id, None, None, True)
+        parent = tracking.open_parent(spec, experiment, project_dir, launcher_run_id,
+                                      nest_under)
+        tuner.parent = parent
+        progress.say(
+            f"{'resuming' if parent.resumed else 'starting'} {spec.tuner.algorithm} search, "
+            f"{spec.tuner.max_trials} trials of {spec.training.epochs} epochs on "
+            f"{dataset.describe()} on {devices}; MLflow run {parent.run_id} in experiment "
+            f"{experiment!r}" + ("; serving the oracle to workers" if role == "chief" else ""))
+        status = "FAILED"
+        try:
+            with _sigterm_raises():
+                tuner.search(dataset)
+            status = "FINISHED"
+        except (KeyboardInterrupt, Interrupted):
+            status = "KILLED"
+            raise
+        finally:
+            best = _close(tuner, parent, status, progress)
     return Result(spec.name, parent.run_id, best and best[0], best and best[1],
                   parent.resumed)
+
+
+class SweepBusy(RuntimeError):
+    """Another process is running this sweep from the same state directory."""
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path, name):
+    """Holds the sweep's lock file, so two chiefs never share one state directory."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SweepBusy(f"sweep {name} is already running from {lock_path.parent}; wait "
+                            "for it to end, or stop it first") from None
+        yield
 
 
 def _close(tuner, parent, status, progress):

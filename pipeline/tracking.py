@@ -236,19 +236,27 @@ def umbrella_run(experiment, launcher_run_id):
     return launcher_run_id
 
 
-def _reopen(client, state):
+def existing_parent(project_dir):
+    """The parent run recorded in `project_dir`, if it is still in the store."""
+    state = Path(project_dir) / PARENT_FILE
     if not state.exists():
         return None
     run_id = json.loads(state.read_text())["parent_run_id"]
     try:
-        run = client.get_run(run_id)
+        run = MlflowClient().get_run(run_id)
     except MlflowException:
-        return None  # Deleted from this store: start a new parent.
+        return None  # Deleted from this store: a new parent will be started.
     if run.info.lifecycle_stage != "active":
         return None
-    client.update_run(run_id, status="RUNNING")
-    mark_interrupted(client, run_id)
     return Parent(run_id, run.info.experiment_id, resumed=True)
+
+
+def _reopen(client, state):
+    parent = existing_parent(state.parent)
+    if parent is not None:
+        client.update_run(parent.run_id, status="RUNNING")
+        mark_interrupted(client, parent.run_id)
+    return parent
 
 
 def _new_parent_run(client, spec, exp_id, key, launcher_run_id, nest_under):
@@ -472,16 +480,23 @@ def _one_line(error):
     return f"{error.__class__.__name__}: {message}"[:500]
 
 
-def finished_result(parent, trial_id, objective):
-    """Returns a trial's logged objective if MLflow already holds it FINISHED, else None.
+def earlier_attempts(parent, trial_id, objective):
+    """Settles the earlier runs of a trial that is about to start (again).
 
-    Guards against running a trial twice when a process died between finishing
-    the trial's run and Keras Tuner recording the trial as done.
+    A run left RUNNING by a process that died ends KILLED. A FINISHED run means
+    the trial is done (its process died between closing the run and Keras Tuner
+    recording the trial): it must not be trained or logged twice.
+
+    Returns:
+        (run_id, metrics) of the FINISHED run, or None.
     """
     client = MlflowClient()
-    for run in trial_runs(client, parent.run_id, status="FINISHED", trial_id=trial_id):
-        metrics = run.data.metrics
-        if objective in metrics:
-            return run.info.run_id, {k: metrics[k] for k in ("val_accuracy", "val_loss")
-                                     if k in metrics}
-    return None
+    done = None
+    for run in trial_runs(client, parent.run_id, trial_id=trial_id):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "failure_reason",
+                           "interrupted: its process ended; the trial was started again")
+            client.set_terminated(run.info.run_id, "KILLED")
+        elif run.info.status == "FINISHED" and objective in run.data.metrics:
+            done = run.info.run_id, dict(run.data.metrics)
+    return done

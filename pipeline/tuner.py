@@ -82,6 +82,16 @@ class SweepTuner(keras_tuner.Tuner):
             self._parent = tracking.find_parent(self.experiment, self.project_name)
         return self._parent
 
+    @parent.setter
+    def parent(self, parent):
+        self._parent = parent
+
+    def finished(self):
+        """Whether the search already ran all its trials (a re-run has nothing to do)."""
+        oracle = self.oracle
+        return (bool(oracle.max_trials) and len(oracle.trials) >= oracle.max_trials
+                and not oracle.ongoing_trials and not oracle._retry_queue)
+
     def search(self, *args, **kwargs):
         if distributed.role() == "chief":
             self.save()
@@ -109,11 +119,14 @@ class SweepTuner(keras_tuner.Tuner):
         start = time.perf_counter()
         config = self.space.config(trial.hyperparameters.values)
         self._outcome[trial.trial_id] = (config, start, None)
-        logged = tracking.finished_result(self.parent, trial.trial_id, self.spec.tuner.objective)
+        logged = tracking.earlier_attempts(self.parent, trial.trial_id,
+                                           self.spec.tuner.objective)
         if logged is not None:
+            run_id, metrics = logged
             self.progress.say(f"trial {trial.trial_id} already finished in MLflow run "
-                              f"{logged[0]}; not training it again")
-            return logged[1]
+                              f"{run_id}; not training it again")
+            self._outcome[trial.trial_id] = (config, start, metrics)
+            return {k: metrics[k] for k in ("val_accuracy", "val_loss")}
         with tracking.trial_run(self.parent, self.spec.name, trial.trial_id,
                                 self.tuner_id) as run:
             run.log_params(config)

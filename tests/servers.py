@@ -124,7 +124,8 @@ class SweepProcess:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"sweep still running after {timeout} s:\n{self.text[-3000:]}")
+            raise AssertionError(
+                f"sweep still running after {timeout} s:\n{self.text[-3000:]}") from None
 
     def signal_group(self, signum):
         os.killpg(self.process.pid, signum)

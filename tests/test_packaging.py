@@ -3,8 +3,8 @@
 import tomllib
 
 import yaml
-
 from conftest import REPO
+
 from pipeline.cli import cli
 
 

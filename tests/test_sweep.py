@@ -108,9 +108,9 @@ def test_same_seed_same_configurations_and_metrics(runner, client, mnist_path):
 def test_rerun_resumes_the_same_parent_and_trains_nothing_twice(runner, client, mnist_path):
     sweep(runner, mnist_path, "part1-narrow", "--max-trials", "2")
     again = sweep(runner, mnist_path, "part1-narrow", "--max-trials", "2")
-    assert "resuming" in again.output and "(1/2)" not in again.output
+    assert "already finished: 2 trials" in again.output and "(1/2)" not in again.output
     more = sweep(runner, mnist_path, "part1-narrow", "--max-trials", "3")
-    assert "trial 2 (3/3)" in more.output
+    assert "resuming" in more.output and "trial 2 (3/3)" in more.output
     parents, children = runs_of(client, "part1-narrow")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(r.data.tags["trial_id"] for r in children) == ["0", "1", "2"]

@@ -1,0 +1,25 @@
+"""The benchmark still runs (in its quick mode) and prints a figure for every target."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_quick_mode_prints_every_target(mnist_path, workdir):
+    result = subprocess.run(
+        [sys.executable, "bench/bench_trials.py", "--quick", "--data", mnist_path],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "TMPDIR": str(workdir)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout
+    for heading in ("## Training speed", "## Tracking overhead", "## Memory",
+                    "## Throughput"):
+        assert heading in out
+    assert "per-epoch loss/accuracy/val_loss/val_accuracy equal: yes" in out
+    assert "ratio N=2 / N=1:" in out
+    assert out.count("[target") == 3
