@@ -14,6 +14,7 @@ the baseline, the pipeline and their ratio (median, min, max over repetitions):
   run's start to last trial run's end, so the work between trials counts too)
   spent outside training epochs, for 10-epoch trials of the 784-25-10 model;
 - memory: peak RSS of a 30-trial sweep / of a 3-trial sweep;
+- gradient logging: the probe's seconds per epoch against an epoch's;
 - throughput: trials per hour with 1 and 2 worker processes (`--workers`) on a
   Part Two spec.
 """
@@ -153,6 +154,36 @@ def bench_overhead(args, workdir):
           f"[target <= 0.05: {'met' if statistics.median(shares) <= 0.05 else 'NOT met'}]")
 
 
+def bench_gradients(args, workdir):
+    """Cost of the per-epoch gradient probe against an epoch of training, in-process."""
+    import keras
+
+    from pipeline import data
+    from pipeline.gradients import GradientProbe
+    from pipeline.model import build_model
+    from pipeline.space import TrialConfig
+
+    print("\n## Gradient logging: seconds per epoch of the probe / of training an epoch")
+    ds = data.load(args.data, train_limit=args.train_limit)
+    for units in ([25], [378], [512] * 3, [50] * 12):
+        config = TrialConfig(units=tuple(units), activation="sigmoid", learning_rate=0.01,
+                             momentum=0.0, batch_size=32, epochs=1)
+        model = build_model(config)
+        start = time.perf_counter()
+        model.fit(ds.x_train, ds.y_train, batch_size=32, epochs=2, verbose=0)
+        epoch = (time.perf_counter() - start) / 2
+        probe = GradientProbe(ds.x_train, ds.y_train)
+        probe(model)  # The first call traces; time the rest, as in epochs 2 and on.
+        start = time.perf_counter()
+        for _ in range(5):
+            probe(model)
+        cost = (time.perf_counter() - start) / 5
+        shape = "-".join(map(str, units))
+        print(f"784-{shape}-10: probe {cost * 1000:.1f} ms, epoch {epoch:.2f} s "
+              f"(first one included), share {cost / epoch:.2%}")
+        keras.backend.clear_session()
+
+
 def bench_memory(args, workdir):
     few, many = args.memory_trials
     print(f"\n## Memory: peak RSS of a {many}-trial sweep / a {few}-trial sweep "
@@ -197,12 +228,18 @@ def bench_throughput(args, workdir):
     print(f"ratio N=2 / N=1: {rates[2] / rates[1]:.2f}")
 
 
+SECTIONS = {"speed": bench_speed, "overhead": bench_overhead, "gradients": bench_gradients,
+            "memory": bench_memory, "throughput": bench_throughput}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("MNIST_NPZ"),
                         help="Keras-layout mnist.npz (default $MNIST_NPZ)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: checks that the benchmark still works")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="run only these sections")
     args = parser.parse_args()
     if not args.data:
         parser.error("--data: give a Keras-layout mnist.npz (or set MNIST_NPZ)")
@@ -217,10 +254,8 @@ def main():
     print(f"# bench_trials on {platform.node() or 'this machine'}: {os.cpu_count()} cores, "
           f"Python {platform.python_version()}{' (quick mode)' if args.quick else ''}")
     with tempfile.TemporaryDirectory() as workdir:
-        bench_speed(args, workdir)
-        bench_overhead(args, workdir)
-        bench_memory(args, workdir)
-        bench_throughput(args, workdir)
+        for name in args.only:
+            SECTIONS[name](args, workdir)
 
 
 if __name__ == "__main__":

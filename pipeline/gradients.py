@@ -15,18 +15,37 @@ PROBE_SIZE = 256
 
 
 class GradientProbe:
-    """Measures `grad_mean_abs_layer_<i>` for a model on a fixed batch."""
+    """Measures `grad_mean_abs_layer_<i>` on a fixed batch, for saved weights.
 
-    def __init__(self, x, y, size=PROBE_SIZE):
+    `snapshot()` copies a model's weights at an epoch's end, on the training
+    thread (about a millisecond); `measure()` computes the gradients on a twin of
+    the model built from its config, so it can run on another thread while
+    training goes on.
+    """
+
+    def __init__(self, model, x, y, size=PROBE_SIZE):
+        self.config = model.get_config()
         self.x = tf.convert_to_tensor(x[:size])
         self.y = tf.convert_to_tensor(y[:size])
+        self._twin = None
+        self._gradients = None
 
-    def __call__(self, model):
-        kernels = [layer.kernel for layer in model.layers
-                   if isinstance(layer, keras.layers.Dense)]
+    @staticmethod
+    def snapshot(model):
+        return model.get_weights()
+
+    def measure(self, weights):
+        if self._twin is None:
+            self._twin = keras.Sequential.from_config(self.config)
+            kernels = [layer.kernel for layer in self._twin.layers
+                       if isinstance(layer, keras.layers.Dense)]
+            self._gradients = tf.function(lambda: self._kernel_gradients(kernels))
+        self._twin.set_weights(weights)
+        return {f"grad_mean_abs_layer_{i}": float(g) for i, g in enumerate(self._gradients())}
+
+    def _kernel_gradients(self, kernels):
         with tf.GradientTape() as tape:
-            predictions = model(self.x, training=True)
+            predictions = self._twin(self.x, training=True)
             loss = keras.ops.mean(keras.losses.categorical_crossentropy(self.y, predictions))
         grads = tape.gradient(loss, [k.value for k in kernels])
-        return {f"grad_mean_abs_layer_{i}": float(tf.reduce_mean(tf.abs(g)))
-                for i, g in enumerate(grads)}
+        return [tf.reduce_mean(tf.abs(g)) for g in grads]

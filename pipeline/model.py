@@ -17,11 +17,12 @@ class CompileOptions:
     Attributes:
         steps_per_execution: batches per call into the compiled step. Fewer
             round trips from Python make small networks several times faster.
-        jit_compile: XLA-compile the step ("auto" lets Keras decide).
+        jit_compile: XLA-compile the step. Keras' "auto" leaves it off on the CPU;
+            on, a 784-378-10 epoch takes ~15% less here (bench/bench_trials.py).
     """
 
-    steps_per_execution: int = 128
-    jit_compile: bool | str = "auto"
+    steps_per_execution: int = 512
+    jit_compile: bool | str = True
 
 
 def build_model(config, options=CompileOptions()):

@@ -60,6 +60,18 @@ class ConstrainedOracle:
         # ones, so a reload would run the last finished trial again: save once more.
         self.save()
 
+    @synchronized
+    def requeue(self, trial_ids):
+        """Runs completed trials again (their results never reached MLflow)."""
+        for trial_id in trial_ids:
+            trial = self.trials[trial_id]
+            trial.status = trial_module.TrialStatus.RUNNING
+            if trial_id in self.end_order:
+                self.end_order.remove(trial_id)
+            self._retry_queue.append(trial_id)
+            self._save_trial(trial)
+        self.save()
+
     def feasible(self, values):
         config_values = {k: v for k, v in values.items() if not k.startswith("tuner/")}
         return self.space.violation(self.space.config(config_values)) is None

@@ -38,8 +38,7 @@ class Progress:
         if failure:
             outcome = f"FAILED ({failure})"
         else:
-            outcome = (f"val_accuracy {metrics['val_accuracy']:.4f}  "
-                       f"test_accuracy {metrics['test_accuracy']:.4f}")
+            outcome = f"val_accuracy {metrics['val_accuracy']:.4f}"
         self.say(f"trial {trial_id} ({number}/{self.max_trials})  {config.describe()}  "
                  f"{config.params.total:,} params  {outcome}  {duration(seconds)}  "
                  f"~{duration(eta)} left")

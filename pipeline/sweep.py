@@ -20,6 +20,7 @@ import mlflow
 from pipeline import distributed, tracking
 from pipeline import space as space_module
 from pipeline.model import CompileOptions
+from pipeline.oracles import SweepStopped
 from pipeline.progress import Progress
 from pipeline.tuner import SweepTuner
 
@@ -95,8 +96,11 @@ def run(spec, dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
         tuner = SweepTuner(spec, space, None, experiment, options=options, progress=progress,
                            verbose=verbose, worker_timeout=worker_timeout,
                            directory=str(directory), project_name=project)
+        parent = tracking.existing_parent(project_dir)
+        if parent is not None:
+            tuner.parent = parent
+            tuner.requeue_unlogged()
         if tuner.finished():  # A re-run of a finished sweep: leave its runs as they are.
-            parent = tracking.existing_parent(project_dir)
             progress.say(f"already finished: {len(tuner.oracle.trials)} trials in MLflow run "
                          f"{parent.run_id if parent else '?'}; --max-trials N extends it")
             return Result(spec.name, parent and parent.run_id, None, None, True)
@@ -112,6 +116,12 @@ def run(spec, dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
         try:
             with _sigterm_raises():
                 tuner.search(dataset)
+                if role is None and tuner.unlogged and tuner.requeue_unlogged():
+                    tuner.unlogged = []
+                    tuner.search(dataset)  # Once more, for trials whose logging failed.
+            if tuner.unlogged:
+                raise SweepStopped(f"trials {', '.join(tuner.unlogged)} could not be logged "
+                                   "to MLflow; run the same command again to re-run them")
             status = "FINISHED"
         except (KeyboardInterrupt, Interrupted):
             status = "KILLED"
@@ -142,6 +152,7 @@ def _exclusive(lock_path, name):
 def _close(tuner, parent, status, progress):
     """Records the best trial and ends the parent run; never hides the first error."""
     try:
+        tuner.wait_for_logging()
         best = tuner.best_trial()
         tracking.end_parent(parent, status, best)
     except Exception as e:  # noqa: BLE001 - the sweep's own outcome matters more.

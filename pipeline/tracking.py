@@ -20,7 +20,6 @@ tag `failure_reason`; one that is interrupted ends KILLED.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -28,7 +27,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -38,6 +37,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context import registry as context_registry
 from mlflow.types import Schema, TensorSpec
 
 from pipeline import plots
@@ -318,47 +318,6 @@ def _tags(mapping):
     return [RunTag(k, str(v)) for k, v in mapping.items()]
 
 
-class MetricWriter:
-    """Writes one run's metrics from a background thread, in order, losing none.
-
-    Training does not wait for the tracking store. MLflow's own asynchronous
-    logging (`synchronous=False`) is not used here: it drops a batch whose write
-    fails (logging an error only), and each flush waits on a 1-second poll. Here a
-    failed write is retried, and `close()` raises if a batch still could not be
-    written, so the trial fails loudly instead of finishing with metrics missing.
-    """
-
-    def __init__(self, run_id):
-        self.run_id = run_id
-        self.error = None
-        self._queue = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name=f"metrics-{run_id[:8]}")
-        self._thread.start()
-
-    def log(self, metrics, step):
-        timestamp = int(time.time() * 1000)
-        self._queue.put([Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
-
-    def _loop(self):
-        client = MlflowClient()
-        while (batch := self._queue.get()) is not None:
-            if self.error is None:
-                try:
-                    retry(lambda: client.log_batch(self.run_id, metrics=batch))
-                except Exception as e:  # noqa: BLE001 - reported by close().
-                    self.error = e
-
-    def close(self):
-        """Waits until every metric is written; raises if one could not be."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        if self.error is not None:
-            raise RuntimeError(f"metrics of run {self.run_id} could not be written: "
-                               f"{_one_line(self.error)}") from self.error
-
-
 def retry(call, attempts=4, delay=1.0):
     """Calls `call`, retrying with a doubling delay if the store is busy or away."""
     for attempt in range(attempts):
@@ -370,59 +329,145 @@ def retry(call, attempts=4, delay=1.0):
             time.sleep(delay * 2 ** attempt)
 
 
-@dataclass
 class TrialRun:
-    """One trial's child run: what it has logged so far, and the calls to log more."""
+    """One trial's child run, written by a background thread while training goes on.
 
-    run_id: str
-    writer: MetricWriter
-    epochs: list = field(default_factory=list)
-    history: dict = field(default_factory=lambda: {k: [] for k in EPOCH_METRICS})
+    The training thread only hands work over: each epoch's metrics with a copy of
+    the weights (the gradient probe runs on the copy), then, after `fit`, the
+    trained model (test evaluation, the model, `curves.png`, ending the run).
+    The thread does it all in order, so the next trial trains while this one's
+    model and chart are written. MLflow's own asynchronous logging is not used: it
+    drops a batch whose write fails (logging an error only) and polls at 1 s on
+    every flush; here a failed write is retried, a failure that remains ends the
+    run FAILED with its reason, and `wait()` reports it.
+
+    A trial counts as done only once its run is FINISHED: runs left RUNNING by a
+    process that died end KILLED, and the trial is run again (see `sweep.py`).
+    """
+
+    def __init__(self, run_id, probe=None):
+        self.run_id = run_id
+        self.probe = probe
+        self.epochs = []
+        self.history = {k: [] for k in EPOCH_METRICS}
+        self.status = "KILLED"  # Until finish() says otherwise.
+        self.error = None  # A write that failed for good.
+        self.failure = None  # The trial's own failure.
+        self.test_accuracy = None
+        self._client = MlflowClient()
+        self._tasks = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"trial-run-{run_id[:8]}")
+        self._thread.start()
+
+    # -- on the training thread ------------------------------------------
 
     def log_params(self, config):
+        """Logs the trial's hyperparameters and parameter counts, before training."""
         count = config.params
         counts = {"trainable_params": count.total, "weights": count.weights,
                   "biases": count.biases}
-        timestamp = int(time.time() * 1000)
-        MlflowClient().log_batch(
+        self._client.log_batch(
             self.run_id,
             params=[Param(k, str(v)) for k, v in config.mlflow_params().items()],
-            metrics=[Metric(k, float(v), timestamp, 0) for k, v in counts.items()])
+            metrics=_metrics(counts, step=0))
 
-    def log_epoch(self, epoch, metrics):
-        """Logs one epoch's metrics (step = `epoch`, 1-based) without waiting."""
+    def log_epoch(self, epoch, metrics, weights=None):
+        """Queues one epoch's metrics (step = `epoch`, 1-based) and its weights' probe."""
         self.epochs.append(epoch)
         for key in EPOCH_METRICS:
             self.history[key].append(float(metrics.get(key, np.nan)))
-        self.writer.log(metrics, step=epoch)
+        self._tasks.put(lambda: self._write_epoch(epoch, dict(metrics), weights))
 
-    def log_results(self, model, test_loss, test_accuracy, title):
-        """Logs test metrics, the model (Keras flavor) and `curves.png`."""
-        self.writer.log({"test_loss": test_loss, "test_accuracy": test_accuracy},
-                        step=self.epochs[-1] if self.epochs else 0)
-        mlflow.keras.log_model(model, name=MODEL_NAME, signature=SIGNATURE,
-                               pip_requirements=_requirements())
+    def finish(self, model, test_data, title, timing):
+        """Queues the rest: test evaluation, the model, the chart; then ends the run."""
+        self.status = "FINISHED"
+        self._tasks.put(lambda: self._write_results(model, test_data, title, timing))
+        self._tasks.put(None)
+
+    def fail(self, error):
+        """Ends the run FAILED (tag `failure_reason`) once queued metrics are written."""
+        self.failure = error
+        self._tasks.put(None)
+        self._thread.join()
+
+    def kill(self):
+        """Ends the run KILLED (an interrupted trial) once queued metrics are written."""
+        self._tasks.put(None)
+        self._thread.join()
+
+    def wait(self):
+        """Waits until the run has ended; raises if it could not be written whole."""
+        self._thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"trial run {self.run_id} could not be logged: "
+                               f"{_one_line(self.error)}") from self.error
+
+    # -- on the run's own thread -----------------------------------------
+
+    def _loop(self):
+        while (task := self._tasks.get()) is not None:
+            if self.error is None:  # After a write failed for good, only end the run.
+                try:
+                    task()
+                except Exception as e:  # noqa: BLE001 - the run ends FAILED; wait() says why.
+                    self.error = e
+        self._end()
+
+    def _write_epoch(self, epoch, metrics, weights):
+        if self.probe is not None and weights is not None:
+            metrics.update(self.probe.measure(weights))
+        retry(lambda: self._client.log_batch(self.run_id, metrics=_metrics(metrics, epoch)))
+
+    def _write_results(self, model, test_data, title, timing):
+        test_loss, self.test_accuracy = model.evaluate(*test_data, batch_size=1024, verbose=0)
+        step = self.epochs[-1] if self.epochs else 0
+        retry(lambda: self._client.log_batch(self.run_id, metrics=_metrics(
+            {"test_loss": test_loss, "test_accuracy": self.test_accuracy, **timing}, step)))
+        retry(lambda: self._log_model(model))
         if self.epochs:
-            mlflow.log_figure(plots.training_curves(self.epochs, self.history, title),
-                              "curves.png")
+            figure = plots.training_curves(self.epochs, self.history, title)
+            retry(lambda: self._client.log_figure(self.run_id, figure, "curves.png"))
 
-    def log_timing(self, fit_seconds, trial_seconds):
-        """Logs how long `fit` took and the trial as a whole, up to this call."""
-        self.writer.log({"fit_seconds": fit_seconds, "trial_seconds": trial_seconds},
-                        step=self.epochs[-1] if self.epochs else 0)
+    def _log_model(self, model):
+        # The Keras flavor through `Model.log`, which takes the run and the logged
+        # model explicitly: this thread has no active run to take them from.
+        run = self._client.get_run(self.run_id)
+        logged = mlflow.initialize_logged_model(
+            name=MODEL_NAME, source_run_id=self.run_id,
+            experiment_id=run.info.experiment_id, params=run.data.params)
+        mlflow.models.Model.log(
+            artifact_path=None, name=MODEL_NAME, flavor=mlflow.keras, model=model,
+            signature=SIGNATURE, pip_requirements=_requirements(), run_id=self.run_id,
+            model_id=logged.model_id)
+
+    def _end(self):
+        reason = self.error or self.failure
+        status = "FAILED" if reason is not None else self.status
+        try:
+            if reason is not None:
+                self._client.set_tag(self.run_id, "failure_reason", _one_line(reason))
+            retry(lambda: self._client.set_terminated(self.run_id, status))
+            self.status = status
+        except Exception as e:  # noqa: BLE001 - the store is gone; a resume closes the run.
+            self.error = self.error or e
+
+
+def _metrics(values, step):
+    timestamp = int(time.time() * 1000)
+    return [Metric(k, float(v), timestamp, step) for k, v in values.items()]
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Logs each epoch's metrics, its duration and gradient sizes to a `TrialRun`.
+    """Hands each epoch's metrics, duration and weights to a `TrialRun`.
 
     MLflow's own `MlflowCallback` logs optimizer settings as params and
     `validation_*` metrics; this one keeps the names of the contract above.
     """
 
-    def __init__(self, run, probe=None):
+    def __init__(self, run):
         super().__init__()
         self.run = run
-        self.probe = probe
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -430,48 +475,21 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         metrics = {k: logs[k] for k in EPOCH_METRICS if k in logs}
         metrics["epoch_seconds"] = time.perf_counter() - self._start
-        if self.probe is not None:
-            metrics.update(self.probe(self.model))
-        self.run.log_epoch(epoch + 1, metrics)
+        weights = self.run.probe.snapshot(self.model) if self.run.probe else None
+        self.run.log_epoch(epoch + 1, metrics, weights)
 
 
-@contextlib.contextmanager
-def trial_run(parent, spec_name, trial_id, worker):
-    """Opens the child run of one trial and always closes it.
+def start_trial_run(parent, spec_name, trial_id, worker, probe=None):
+    """Creates the child run of one trial (tags `sweep`, `trial_id`, `worker`).
 
-    The run ends FINISHED when the block completes, FAILED (tag `failure_reason`)
-    when it raises an `Exception`, and KILLED when it is interrupted.
-
-    Yields:
-        A `TrialRun`.
+    Returns:
+        A `TrialRun`; end it with `finish()` and `wait()`, or `fail()`, or `kill()`.
     """
-    run = mlflow.start_run(
-        experiment_id=parent.experiment_id,
-        run_name=f"{spec_name}-trial-{trial_id}",
-        parent_run_id=parent.run_id,
-        nested=True,
-        tags={"sweep": spec_name, "trial_id": trial_id, "worker": worker},
-    )
-    trial = TrialRun(run.info.run_id, MetricWriter(run.info.run_id))
-    status = "KILLED"
-    try:
-        yield trial
-        trial.writer.close()  # Every metric is stored before the run ends.
-        status = "FINISHED"
-    except Exception as e:
-        status = "FAILED"
-        mlflow.set_tag("failure_reason", _one_line(e))
-        raise
-    finally:
-        _close_quietly(trial.writer)  # Drains what is queued; FAILED already says why.
-        mlflow.end_run(status)
-
-
-def _close_quietly(writer):
-    try:
-        writer.close()
-    except RuntimeError:
-        pass
+    tags = {"sweep": spec_name, "trial_id": trial_id, "worker": worker,
+            "mlflow.parentRunId": parent.run_id}
+    run = MlflowClient().create_run(parent.experiment_id, run_name=f"{spec_name}-trial-{trial_id}",
+                                    tags=context_registry.resolve_tags(tags))
+    return TrialRun(run.info.run_id, probe)
 
 
 def _one_line(error):

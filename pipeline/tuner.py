@@ -70,6 +70,8 @@ class SweepTuner(keras_tuner.Tuner):
         self.worker_timeout = worker_timeout
         self._outcome = {}
         self._heartbeat = None
+        self._logging = None  # (trial_id, TrialRun) whose logging may still run.
+        self.unlogged = []
         # Everything alive now (TensorFlow, MLflow, the data) lives as long as the
         # process: keep it out of the garbage collector's way, so the collection
         # after each trial scans only what trials create (~0.5 s -> ~10 ms).
@@ -112,6 +114,7 @@ class SweepTuner(keras_tuner.Tuner):
             self._heartbeat = distributed.Heartbeat()
 
     def on_search_end(self):
+        self.wait_for_logging()
         if self._heartbeat is not None:
             self._heartbeat.stop()
     def run_trial(self, trial, dataset):
@@ -127,26 +130,68 @@ class SweepTuner(keras_tuner.Tuner):
                               f"{run_id}; not training it again")
             self._outcome[trial.trial_id] = (config, start, metrics)
             return {k: metrics[k] for k in ("val_accuracy", "val_loss")}
-        with tracking.trial_run(self.parent, self.spec.name, trial.trial_id,
-                                self.tuner_id) as run:
+        arrays = device_arrays(dataset)
+        model = self._fresh_model(trial, config)
+        run = tracking.start_trial_run(self.parent, self.spec.name, trial.trial_id,
+                                       self.tuner_id,
+                                       GradientProbe(model, dataset.x_train, dataset.y_train))
+        try:
             run.log_params(config)
-            model = self._fresh_model(trial, config)
             fit_start = time.perf_counter()
-            self._fit(model, config, dataset, run)
+            self._fit(model, config, arrays, run)
             fit_seconds = time.perf_counter() - fit_start
             _fail_on_nan(run)
-            arrays = device_arrays(dataset)
-            test_loss, test_accuracy = model.evaluate(
-                arrays["x_test"], arrays["y_test"], batch_size=EVAL_BATCH_SIZE, verbose=0)
-            run.log_results(model, test_loss, test_accuracy,
-                            f"{self.spec.name} trial {trial.trial_id}: {config.describe()}")
-            run.log_timing(fit_seconds, time.perf_counter() - start)
+        except Exception as e:
+            run.fail(e)
+            raise
+        except BaseException:
+            run.kill()
+            raise
+        # At most one trial's logging runs behind the training of the next.
+        self.wait_for_logging()
+        run.finish(model, (arrays["x_test"], arrays["y_test"]),
+                   f"{self.spec.name} trial {trial.trial_id}: {config.describe()}",
+                   {"fit_seconds": fit_seconds,
+                    "trial_seconds": time.perf_counter() - start})
+        self._logging = (trial.trial_id, run)
         metrics = {k: run.history[k][-1] for k in ("val_accuracy", "val_loss")}
-        self._outcome[trial.trial_id] = (config, start, dict(metrics, test_accuracy=test_accuracy))
+        self._outcome[trial.trial_id] = (config, start, metrics)
         return metrics
 
-    def _fit(self, model, config, dataset, run):
-        arrays = device_arrays(dataset)
+    def wait_for_logging(self):
+        """Waits for the last trial's background logging; reports it if it failed.
+
+        A trial whose run could not be logged whole ends FAILED in MLflow and is run
+        again when the sweep is resumed (`requeue_unlogged`).
+        """
+        if self._logging is None:
+            return
+        trial_id, run = self._logging
+        self._logging = None
+        try:
+            run.wait()
+        except RuntimeError as e:
+            self.unlogged.append(trial_id)
+            self.progress.say(f"trial {trial_id}: {e}; it runs again when the sweep is "
+                              "resumed")
+
+    def requeue_unlogged(self):
+        """Hands completed trials without a FINISHED run back to the oracle to run again.
+
+        Trials are logged in the background, so a process that died may have left a
+        trial complete in Keras Tuner's state but not in MLflow.
+        """
+        logged = {r.data.tags["trial_id"] for r in tracking.trial_runs(
+            mlflow.MlflowClient(), self.parent.run_id, status="FINISHED")}
+        missing = [t for t, trial in self.oracle.trials.items()
+                   if trial.status == "COMPLETED" and t not in logged]
+        if missing:
+            self.oracle.requeue(missing)
+            self.progress.say(f"trials {', '.join(missing)} finished without their MLflow "
+                              "runs: running them again")
+        return missing
+
+    def _fit(self, model, config, arrays, run):
         model.fit(
             arrays["x_train"], arrays["y_train"],
             batch_size=config.batch_size,
@@ -154,18 +199,20 @@ class SweepTuner(keras_tuner.Tuner):
             initial_epoch=config.initial_epoch,
             validation_data=(arrays["x_val"], arrays["y_val"]),
             validation_batch_size=EVAL_BATCH_SIZE,
-            callbacks=[tracking.EpochLogger(run, GradientProbe(dataset.x_train,
-                                                               dataset.y_train)),
-                       keras.callbacks.TerminateOnNaN()],
+            callbacks=[tracking.EpochLogger(run), keras.callbacks.TerminateOnNaN()],
             verbose=self.verbose,
         )
 
     def _fresh_model(self, trial, config):
-        # Drop what earlier trials left in Keras' global state, then seed this one.
-        keras.backend.clear_session()  # Also collects garbage: cheap, see __init__.
+        # Free what earlier trials left (cheap: see __init__), then seed this trial.
+        # Not keras.backend.clear_session(): it clears TensorFlow's kernel cache,
+        # which the previous trial's logging thread may be using; set_random_seed
+        # resets Keras' seed generator, so every trial starts as in a new process.
+        gc.collect()
         keras.utils.set_random_seed(trial_seed(self.spec.tuner.seed, trial.trial_id))
         values = trial.hyperparameters.values
         if "tuner/trial_id" in values:  # Hyperband: continue an earlier trial's model.
+            self.wait_for_logging()
             earlier = tracking.trial_runs(mlflow.MlflowClient(), self.parent.run_id,
                                           status="FINISHED", trial_id=values["tuner/trial_id"])
             if earlier:

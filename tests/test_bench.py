@@ -17,8 +17,8 @@ def test_benchmark_quick_mode_prints_every_target(mnist_path, workdir):
         env={**os.environ, "TMPDIR": str(workdir)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
-    for heading in ("## Training speed", "## Tracking overhead", "## Memory",
-                    "## Throughput"):
+    for heading in ("## Training speed", "## Tracking overhead", "## Gradient logging",
+                    "## Memory", "## Throughput"):
         assert heading in out
     assert "per-epoch loss/accuracy/val_loss/val_accuracy equal: yes" in out
     assert "ratio N=2 / N=1:" in out

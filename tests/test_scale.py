@@ -30,11 +30,16 @@ def runs(client, kind="trial"):
 
 
 def mid_trial(client, trial_id=None):
-    """A trial run that is RUNNING and has logged at least one epoch, if any."""
+    """A trial run still training (one epoch logged, not all), if any.
+
+    A run also stays RUNNING while its model is logged in the background, after
+    training: that one is not mid-trial.
+    """
     for run in runs(client):
         if run.info.status == "RUNNING" and "loss" in run.data.metrics and (
                 trial_id is None or run.data.tags["trial_id"] == trial_id):
-            return run
+            if len(client.get_metric_history(run.info.run_id, "loss")) < EPOCHS:
+                return run
     return None
 
 
@@ -134,13 +139,14 @@ def test_dead_worker_trial_is_reissued_and_the_sweep_finishes(tracking_server, c
 
 def test_tracking_server_restart_loses_no_finished_metrics(tracking_server, client,
                                                            workdir, mnist_path):
-    sweep = SweepProcess(sweep_args(mnist_path, 3), workdir)
-    wait_for(lambda: mid_trial(client, "1"), 300, "trial 1 mid-way")
-    tracking_server.stop()
+    sweep = SweepProcess(sweep_args(mnist_path, 4), workdir)
+    wait_for(lambda: any(r.info.status == "FINISHED" for r in runs(client)), 300,
+             "a finished trial")
+    tracking_server.stop()  # While the next trial trains and logs.
     time.sleep(3)
     tracking_server.start()
     assert sweep.wait() == 0, sweep.text
-    _, finished = check_complete(client, 3)
+    _, finished = check_complete(client, 4)
     for run in finished:
         assert client.search_logged_models(
             experiment_ids=[run.info.experiment_id],
