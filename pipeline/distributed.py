@@ -9,7 +9,10 @@ schedulers may set them directly instead.
 Keras Tuner's own chief waits forever for a worker that died in a trial. Here each
 worker sends a heartbeat, and the chief gives a silent worker's trial back to the
 oracle (which hands it to the next worker that asks) or, when no worker is left,
-ends it as failed, so a sweep always finishes.
+ends it as failed, so a sweep always finishes. A worker that asks for a trial when
+the budget is spent but other workers' trials are still running is told to wait
+(Keras Tuner's IDLE) instead of to exit, so it is still there to take a trial back
+from a worker that dies.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ HEARTBEAT_SECONDS = 2.0
 WORKER_TIMEOUT = 60.0
 CHIEF_TIMEOUT = 600.0
 METADATA_KEY = "tuner-id"
+IDLE_SECONDS = 1.0  # How long the chief holds a waiting worker's request.
 
 
 def set_role(role, oracle_address, worker_id=None, chief_timeout=CHIEF_TIMEOUT):
@@ -88,9 +92,10 @@ class Heartbeat:
 class WatchingServicer(oracle_chief.OracleServicer):
     """Keras Tuner's servicer, noting when each worker was last heard from."""
 
-    def __init__(self, oracle):
+    def __init__(self, oracle, idle_seconds=IDLE_SECONDS):
         super().__init__(oracle)
         self.last_seen = {}
+        self.idle_seconds = idle_seconds
 
     def _seen(self, tuner_id):
         self.last_seen[tuner_id] = time.monotonic()
@@ -103,7 +108,20 @@ class WatchingServicer(oracle_chief.OracleServicer):
 
     def CreateTrial(self, request, context):
         self._seen(request.tuner_id)
+        if _only_others_running(self.oracle, request.tuner_id):
+            time.sleep(self.idle_seconds)  # Keras Tuner's worker asks again at once.
+            trial = trial_module.Trial(self.oracle.get_space(),
+                                       status=trial_module.TrialStatus.IDLE)
+            return protos.get_service().CreateTrialResponse(trial=trial.to_proto())
         return super().CreateTrial(request, context)
+
+
+@synchronized
+def _only_others_running(oracle, tuner_id):
+    """Whether the trial budget is spent while other workers' trials still run."""
+    return (bool(oracle.max_trials) and len(oracle.trials) >= oracle.max_trials
+            and not oracle._retry_queue and tuner_id not in oracle.ongoing_trials
+            and any(other != tuner_id for other in oracle.ongoing_trials))
 
 
 @synchronized
@@ -146,7 +164,8 @@ def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0)
         worker_timeout: seconds without a heartbeat before a worker counts as lost.
         poll_seconds: how often to check.
     """
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    # Waiting workers each hold a thread for up to `IDLE_SECONDS`.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     servicer = WatchingServicer(oracle)
     protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
     server.add_insecure_port(f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}")

@@ -17,12 +17,23 @@ class CompileOptions:
     Attributes:
         steps_per_execution: batches per call into the compiled step. Fewer
             round trips from Python make small networks several times faster.
-        jit_compile: XLA-compile the step. Keras' "auto" leaves it off on the CPU;
-            on, a 784-378-10 epoch takes ~15% less here (bench/bench_trials.py).
+        jit_compile: XLA-compile the step; None decides by size (`xla_pays`).
     """
 
     steps_per_execution: int = 512
-    jit_compile: bool | str = True
+    jit_compile: bool | None = None
+
+
+# XLA compiles each new model once, ~1-3 s in the first epoch here. It pays back on
+# wide layers, where an epoch of 784-378-10 takes ~15% less; on narrow ones an epoch
+# takes as long or longer, so a 10-epoch trial only loses the compile time.
+XLA_MIN_KERNEL = 200_000
+
+
+def xla_pays(config):
+    """Whether XLA-compiling this configuration's training step is worth its compile."""
+    widths = [INPUTS, *config.units, OUTPUTS]
+    return max(a * b for a, b in zip(widths, widths[1:], strict=False)) >= XLA_MIN_KERNEL
 
 
 def build_model(config, options=CompileOptions()):
@@ -48,7 +59,7 @@ def build_model(config, options=CompileOptions()):
         loss=LOSS,
         metrics=["accuracy"],
         steps_per_execution=options.steps_per_execution,
-        jit_compile=options.jit_compile,
+        jit_compile=xla_pays(config) if options.jit_compile is None else options.jit_compile,
     )
     return model
 

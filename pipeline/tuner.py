@@ -117,6 +117,7 @@ class SweepTuner(keras_tuner.Tuner):
         self.wait_for_logging()
         if self._heartbeat is not None:
             self._heartbeat.stop()
+
     def run_trial(self, trial, dataset):
         """Trains, evaluates and logs one configuration; returns its final metrics."""
         start = time.perf_counter()

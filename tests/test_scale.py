@@ -12,10 +12,13 @@ from servers import SweepProcess, free_port, wait_for
 pytestmark = pytest.mark.slow
 
 EPOCHS = 3
+# Tests that stop a sweep mid-trial train longer, so a trial is mid-way for seconds,
+# not for the fraction of a second that 3 epochs on 2,000 images take.
+LONG_EPOCHS = 10
 
 
-def sweep_args(mnist_path, trials, *extra, spec="part1-narrow"):
-    return [spec, "--data", mnist_path, "--train-limit", "2000", "--epochs", str(EPOCHS),
+def sweep_args(mnist_path, trials, *extra, spec="part1-narrow", epochs=EPOCHS):
+    return [spec, "--data", mnist_path, "--train-limit", "2000", "--epochs", str(epochs),
             "--max-trials", str(trials), *extra]
 
 
@@ -29,21 +32,20 @@ def runs(client, kind="trial"):
     return [r for r in found if "trial_id" in r.data.tags]
 
 
-def mid_trial(client, trial_id=None):
+def mid_trial(client, epochs=LONG_EPOCHS):
     """A trial run still training (one epoch logged, not all), if any.
 
     A run also stays RUNNING while its model is logged in the background, after
     training: that one is not mid-trial.
     """
     for run in runs(client):
-        if run.info.status == "RUNNING" and "loss" in run.data.metrics and (
-                trial_id is None or run.data.tags["trial_id"] == trial_id):
-            if len(client.get_metric_history(run.info.run_id, "loss")) < EPOCHS:
+        if run.info.status == "RUNNING" and "loss" in run.data.metrics:
+            if len(client.get_metric_history(run.info.run_id, "loss")) < epochs:
                 return run
     return None
 
 
-def check_complete(client, trials):
+def check_complete(client, trials, epochs=EPOCHS):
     """Exactly one finished run per trial, each whole; nothing left RUNNING."""
     parents = runs(client, "parent")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -54,7 +56,7 @@ def check_complete(client, trials):
     for run in finished:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
-        assert [m.step for m in history] == list(range(1, EPOCHS + 1))
+        assert [m.step for m in history] == list(range(1, epochs + 1))
         assert "test_accuracy" in run.data.metrics
     return parents[0], finished
 
@@ -77,7 +79,7 @@ def test_chief_and_two_workers_log_one_sweep(tracking_server, client, workdir, m
 @pytest.mark.parametrize("workers", [0, 2], ids=["single-process", "distributed"])
 def test_sigkill_mid_trial_then_rerun_finishes_without_duplicates(
         tracking_server, client, workdir, mnist_path, workers):
-    args = sweep_args(mnist_path, 4, "--workers", str(workers))
+    args = sweep_args(mnist_path, 4, "--workers", str(workers), epochs=LONG_EPOCHS)
     first = SweepProcess(args, workdir)
     wait_for(lambda: len([r for r in runs(client) if r.info.status == "FINISHED"]) >= 1
              and mid_trial(client), 300, "a finished trial and another mid-trial")
@@ -89,7 +91,7 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_duplicates(
 
     second = SweepProcess(args, workdir)
     assert second.wait() == 0, second.text
-    parent, finished = check_complete(client, 4)
+    parent, finished = check_complete(client, 4, LONG_EPOCHS)
     assert "resuming" in second.text
     # Finished trials were not run again: the same runs still hold them.
     assert {t: r.info.run_id for t, r in ((r.data.tags["trial_id"], r) for r in finished)
@@ -102,7 +104,7 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_duplicates(
 
 def test_sigterm_ends_the_trial_run_and_exits_non_zero(tracking_server, client, workdir,
                                                        mnist_path):
-    args = sweep_args(mnist_path, 3)
+    args = sweep_args(mnist_path, 3, epochs=LONG_EPOCHS)
     first = SweepProcess(args, workdir)
     running = wait_for(lambda: mid_trial(client), 300, "a trial mid-way")
     first.signal_group(signal.SIGTERM)
@@ -114,14 +116,14 @@ def test_sigterm_ends_the_trial_run_and_exits_non_zero(tracking_server, client, 
 
     second = SweepProcess(args, workdir)
     assert second.wait() == 0, second.text
-    resumed, _ = check_complete(client, 3)
+    resumed, _ = check_complete(client, 3, LONG_EPOCHS)
     assert resumed.info.run_id == parent.info.run_id
 
 
 def test_dead_worker_trial_is_reissued_and_the_sweep_finishes(tracking_server, client,
                                                               workdir, mnist_path):
     sweep = SweepProcess(sweep_args(mnist_path, 4, "--workers", "2", "--worker-timeout",
-                                    "5"), workdir)
+                                    "5", epochs=LONG_EPOCHS), workdir)
     victim = wait_for(lambda: mid_trial(client), 300, "a trial mid-way")
     worker = victim.data.tags["worker"]
     pids = subprocess.run(["pgrep", "-f", "--", f"--worker-id {worker}"],
@@ -130,7 +132,7 @@ def test_dead_worker_trial_is_reissued_and_the_sweep_finishes(tracking_server, c
     for pid in pids:
         subprocess.run(["kill", "-KILL", pid], check=True)
     assert sweep.wait() == 0, sweep.text
-    check_complete(client, 4)
+    check_complete(client, 4, LONG_EPOCHS)
     lost = client.get_run(victim.info.run_id)
     assert lost.info.status == "FAILED"
     assert f"worker {worker} stopped answering; trial re-issued" in lost.data.tags[
@@ -139,14 +141,14 @@ def test_dead_worker_trial_is_reissued_and_the_sweep_finishes(tracking_server, c
 
 def test_tracking_server_restart_loses_no_finished_metrics(tracking_server, client,
                                                            workdir, mnist_path):
-    sweep = SweepProcess(sweep_args(mnist_path, 4), workdir)
+    sweep = SweepProcess(sweep_args(mnist_path, 4, epochs=LONG_EPOCHS), workdir)
     wait_for(lambda: any(r.info.status == "FINISHED" for r in runs(client)), 300,
              "a finished trial")
     tracking_server.stop()  # While the next trial trains and logs.
     time.sleep(3)
     tracking_server.start()
     assert sweep.wait() == 0, sweep.text
-    _, finished = check_complete(client, 4)
+    _, finished = check_complete(client, 4, LONG_EPOCHS)
     for run in finished:
         assert client.search_logged_models(
             experiment_ids=[run.info.experiment_id],
