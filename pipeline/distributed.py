@@ -119,8 +119,7 @@ class WatchingServicer(oracle_chief.OracleServicer):
 @synchronized
 def _only_others_running(oracle, tuner_id):
     """Whether the trial budget is spent while other workers' trials still run."""
-    return (bool(oracle.max_trials) and len(oracle.trials) >= oracle.max_trials
-            and not oracle._retry_queue and tuner_id not in oracle.ongoing_trials
+    return (oracle.budget_spent() and tuner_id not in oracle.ongoing_trials
             and any(other != tuner_id for other in oracle.ongoing_trials))
 
 

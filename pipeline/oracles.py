@@ -72,6 +72,11 @@ class ConstrainedOracle:
             self._save_trial(trial)
         self.save()
 
+    def budget_spent(self):
+        """Whether every trial of `max_trials` was handed out and none waits for a retry."""
+        return (bool(self.max_trials) and len(self.trials) >= self.max_trials
+                and not self._retry_queue)
+
     def feasible(self, values):
         config_values = {k: v for k, v in values.items() if not k.startswith("tuner/")}
         return self.space.violation(self.space.config(config_values)) is None

@@ -216,8 +216,13 @@ def fail_trial_runs(parent_run_id, trial_id, reason):
     """Ends a trial's runs that are still RUNNING as FAILED (their worker was lost)."""
     client = MlflowClient()
     for run in trial_runs(client, parent_run_id, status="RUNNING", trial_id=trial_id):
-        client.set_tag(run.info.run_id, "failure_reason", reason)
-        client.set_terminated(run.info.run_id, "FAILED")
+        _end_left_over(client, run.info.run_id, "FAILED", reason)
+
+
+def _end_left_over(client, run_id, status, reason):
+    """Ends a run its own process can no longer end, saying why (tag `failure_reason`)."""
+    client.set_tag(run_id, "failure_reason", reason)
+    client.set_terminated(run_id, status)
 
 
 def point_to(launcher_run_id, key, parent_run_id):
@@ -265,8 +270,7 @@ def _new_parent_run(client, spec, exp_id, key, launcher_run_id, nest_under):
     stale = client.search_runs([exp_id], f"tags.sweep_key = '{key}' and "
                                          "attributes.status = 'RUNNING'")
     for run in stale:
-        client.set_tag(run.info.run_id, "failure_reason", "superseded by a new sweep")
-        client.set_terminated(run.info.run_id, "KILLED")
+        _end_left_over(client, run.info.run_id, "KILLED", "superseded by a new sweep")
     if launcher_run_id:
         launcher = client.get_run(launcher_run_id)
         if launcher.info.experiment_id == exp_id and "sweep" not in launcher.data.tags:
@@ -279,9 +283,8 @@ def _new_parent_run(client, spec, exp_id, key, launcher_run_id, nest_under):
 def mark_interrupted(client, parent_run_id, reason=None):
     """Ends trial runs left RUNNING under `parent_run_id` (their process died) as KILLED."""
     for run in trial_runs(client, parent_run_id, status="RUNNING"):
-        client.set_tag(run.info.run_id, "failure_reason",
+        _end_left_over(client, run.info.run_id, "KILLED",
                        reason or "interrupted: the process running this trial ended")
-        client.set_terminated(run.info.run_id, "KILLED")
 
 
 def trial_runs(client, parent_run_id, status=None, trial_id=None):
@@ -379,10 +382,12 @@ class TrialRun:
             self.history[key].append(float(metrics.get(key, np.nan)))
         self._tasks.put(lambda: self._write_epoch(epoch, dict(metrics), weights))
 
-    def finish(self, model, test_data, title, timing):
-        """Queues the rest: test evaluation, the model, the chart; then ends the run."""
+    def finish(self, model, test_data, title, timing, batch_size):
+        """Queues the rest: test evaluation (at `batch_size`), the model, the chart;
+        then ends the run."""
         self.status = "FINISHED"
-        self._tasks.put(lambda: self._write_results(model, test_data, title, timing))
+        self._tasks.put(lambda: self._write_results(model, test_data, title, timing,
+                                                    batch_size))
         self._tasks.put(None)
 
     def fail(self, error):
@@ -419,8 +424,9 @@ class TrialRun:
             metrics.update(self.probe.measure(weights))
         retry(lambda: self._client.log_batch(self.run_id, metrics=_metrics(metrics, epoch)))
 
-    def _write_results(self, model, test_data, title, timing):
-        test_loss, self.test_accuracy = model.evaluate(*test_data, batch_size=1024, verbose=0)
+    def _write_results(self, model, test_data, title, timing, batch_size):
+        test_loss, self.test_accuracy = model.evaluate(*test_data, batch_size=batch_size,
+                                                       verbose=0)
         step = self.epochs[-1] if self.epochs else 0
         retry(lambda: self._client.log_batch(self.run_id, metrics=_metrics(
             {"test_loss": test_loss, "test_accuracy": self.test_accuracy, **timing}, step)))
@@ -512,9 +518,8 @@ def earlier_attempts(parent, trial_id, objective):
     done = None
     for run in trial_runs(client, parent.run_id, trial_id=trial_id):
         if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "failure_reason",
+            _end_left_over(client, run.info.run_id, "KILLED",
                            "interrupted: its process ended; the trial was started again")
-            client.set_terminated(run.info.run_id, "KILLED")
         elif run.info.status == "FINISHED" and objective in run.data.metrics:
             done = run.info.run_id, dict(run.data.metrics)
     return done

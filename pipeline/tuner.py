@@ -90,9 +90,7 @@ class SweepTuner(keras_tuner.Tuner):
 
     def finished(self):
         """Whether the search already ran all its trials (a re-run has nothing to do)."""
-        oracle = self.oracle
-        return (bool(oracle.max_trials) and len(oracle.trials) >= oracle.max_trials
-                and not oracle.ongoing_trials and not oracle._retry_queue)
+        return self.oracle.budget_spent() and not self.oracle.ongoing_trials
 
     def search(self, *args, **kwargs):
         if distributed.role() == "chief":
@@ -153,7 +151,7 @@ class SweepTuner(keras_tuner.Tuner):
         run.finish(model, (arrays["x_test"], arrays["y_test"]),
                    f"{self.spec.name} trial {trial.trial_id}: {config.describe()}",
                    {"fit_seconds": fit_seconds,
-                    "trial_seconds": time.perf_counter() - start})
+                    "trial_seconds": time.perf_counter() - start}, EVAL_BATCH_SIZE)
         self._logging = (trial.trial_id, run)
         metrics = {k: run.history[k][-1] for k in ("val_accuracy", "val_loss")}
         self._outcome[trial.trial_id] = (config, start, metrics)
