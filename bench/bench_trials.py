@@ -40,7 +40,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SEED = 1  # The spec seed; trial 0 trains with pipeline.tuner.trial_seed(SEED, 0).
+SEED = 1  # The spec seed; trial 0 trains with pipeline.search.tuner.trial_seed(SEED, 0).
 TOLERANCE = 1e-4  # Relative; float32 sums in a different order differ in ~1e-6.
 
 SPEC = """\
@@ -66,7 +66,7 @@ def run_measured(command, env=None):
 
 
 def plain_loop(units, epochs, data, train_limit):
-    from pipeline.tuner import trial_seed
+    from pipeline.search.tuner import trial_seed
 
     command = [sys.executable, "bench/plain_loop.py", "--units", str(units), "--epochs",
                str(epochs), "--seed", str(trial_seed(SEED, 0)), "--data", data]

@@ -1,20 +1,23 @@
 """Command line: `python -m pipeline sweep|list|exercise|report`.
 
 Thin by design: options are validated here, at the edge, and handed to
-`pipeline.sweep` and `pipeline.report`. Bad input exits with status 2 and one
-line naming the option, before anything is written to MLflow.
+`pipeline.sweep` and `pipeline.report`. Every error a user can act on is a
+`PipelineError`, caught once (`SweepCli.invoke`) and printed as one line with its
+exit status: 2 for bad input, before anything is written to MLflow.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 
 import click
 
 from pipeline import data as data_module
-from pipeline import spec as spec_module
+from pipeline import specfile
+from pipeline.errors import InputError, Interrupted, PipelineError
+from pipeline.spec import EXERCISE
+from pipeline.tracking import names
 
 # Zero or empty means "from the spec", so that MLproject parameters can default.
 FROM_SPEC = click.IntRange(min=0)
@@ -40,7 +43,7 @@ def sweep_options(func):
                      help="Train on only the first N training images (smoke runs); "
                           "0 = all."),
         click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME",
-                     default="mnist-sweeps", show_default=True,
+                     default=names.DEFAULT_EXPERIMENT, show_default=True,
                      help="MLflow experiment (or $MLFLOW_EXPERIMENT_NAME)."),
         click.option("--directory", envvar="MNIST_SWEEPS_DIR", default="kt_sweeps",
                      show_default=True, type=click.Path(file_okay=False),
@@ -61,42 +64,49 @@ def sweep_options(func):
 
 
 def load_spec(name, max_trials=0, epochs=0, seed=0):
-    """Loads a spec with CLI overrides, turning spec errors into usage errors."""
+    """Loads a spec with CLI overrides; rejects constraints no configuration meets."""
     from pipeline import space
 
-    try:
-        spec = spec_module.load(name).with_overrides(
-            max_trials=max_trials, epochs=epochs, seed=seed)
-        space.build(spec)  # Rejects constraints that no configuration meets.
-    except spec_module.SpecError as e:
-        raise click.BadParameter(str(e), param_hint="SPEC") from None
+    spec = specfile.load(name).with_overrides(max_trials=max_trials, epochs=epochs, seed=seed)
+    space.build(spec)
     return spec
 
 
 def load_data(path, validation_split, train_limit):
-    try:
-        return data_module.load(path or None, validation_split, _none_if_zero(train_limit))
-    except data_module.DataError as e:
-        raise click.BadParameter(str(e), param_hint="'--data'") from None
+    return data_module.load(path or None, validation_split, _none_if_zero(train_limit))
 
 
-@click.group()
+class SweepCli(click.Group):
+    """The command group; turns a `PipelineError` into one line and its exit status."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except InputError as e:
+            raise click.BadParameter(str(e), param_hint=e.param) from None
+        except PipelineError as e:
+            error = click.ClickException(str(e))
+            error.exit_code = e.exit_code
+            raise error from None
+        except Interrupted:
+            click.echo("stopped by SIGTERM; run the same command again to resume", err=True)
+            raise SystemExit(Interrupted.exit_code) from None
+
+
+@click.group(cls=SweepCli)
 def cli():
     """Keras Tuner sweeps over MLP depth, width and activation on MNIST, every
     trial tracked in MLflow."""
-    from pipeline import tracking
+    from pipeline.tracking import server
 
-    tracking.secure_tracking_uri()
+    server.secure_tracking_uri()
 
 
 def check_tracking():
     """Stops with one line if the tracking server does not answer (exit 1)."""
-    from pipeline import tracking
+    from pipeline.tracking import server
 
-    try:
-        tracking.check_reachable()
-    except tracking.TrackingUnavailable as e:
-        raise click.ClickException(str(e)) from None
+    server.check_reachable()
 
 
 @cli.command("list")
@@ -104,11 +114,11 @@ def list_specs():
     """List the shipped sweep specs and their constraints."""
     from pipeline import space
 
-    for path in spec_module.available():
+    for path in specfile.available():
         try:
-            spec = spec_module.load(path)
+            spec = specfile.load(path)
             low, high = space.build(spec).param_bounds()
-        except spec_module.SpecError as e:
+        except InputError as e:
             click.echo(f"{path.stem}: INVALID: {e}")
             continue
         s, c, t = spec.search_space, spec.constraints, spec.tuner
@@ -165,11 +175,12 @@ def sweep(spec, workers, role, oracle, worker_id, worker_timeout, chief_timeout,
                         options["train_limit"])
     check_tracking()
     if workers:
-        from pipeline import launcher
+        from pipeline.search import local_cluster
 
-        raise SystemExit(launcher.launch(
-            _sweep_args(spec_arg, options, worker_timeout), workers, worker_timeout))
-    from pipeline import distributed
+        raise SystemExit(local_cluster.run(
+            _sweep_args(spec_arg, options, worker_timeout, chief_timeout), workers,
+            worker_timeout))
+    from pipeline.search import distributed
 
     if role:
         distributed.set_role(role, oracle, worker_id or
@@ -177,12 +188,13 @@ def sweep(spec, workers, role, oracle, worker_id, worker_timeout, chief_timeout,
     _run_sweeps([spec], lambda s: dataset, options, worker_timeout=worker_timeout)
 
 
-def _sweep_args(spec_arg, options, worker_timeout):
+def _sweep_args(spec_arg, options, worker_timeout, chief_timeout):
     """The `sweep` arguments that reproduce these options in another process."""
     args = [spec_arg, "--max-trials", options["max_trials"], "--epochs", options["epochs"],
             "--seed", options["seed"], "--data", options["data_path"], "--train-limit",
             options["train_limit"], "--experiment", options["experiment"], "--directory",
-            options["directory"], "--worker-timeout", worker_timeout]
+            options["directory"], "--worker-timeout", worker_timeout, "--chief-timeout",
+            chief_timeout]
     args += ["--overwrite"] * options["overwrite"] + ["-v"] * options["verbose"]
     args += ["--mixed-precision"] * options["mixed_precision"]
     return [str(a) for a in args]
@@ -194,30 +206,19 @@ def _run_sweeps(specs, load_dataset, options, **kwargs):
     A sweep that stops early exits 1 with one line saying why; SIGTERM exits 143
     after the current trial's run is closed (the same command resumes).
     """
-    import grpc
-
     from pipeline import device
     from pipeline import sweep as sweep_module
-    from pipeline.oracles import SweepStopped
 
     devices = device.configure(options["mixed_precision"], options["threads"])
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)  # Set by `mlflow run`.
-    common = dict(experiment=options["experiment"], directory=options["directory"],
-                  overwrite=options["overwrite"], verbose=options["verbose"],
-                  devices=devices, **kwargs)
-    try:
-        if len(specs) == 1:
-            return [sweep_module.run(specs[0], load_dataset(specs[0]),
-                                     launcher_run_id=launcher, **common)]
-        return sweep_module.run_exercise(specs, load_dataset, launcher_run_id=launcher,
-                                         **common)
-    except (SweepStopped, sweep_module.SweepBusy) as e:
-        raise click.ClickException(str(e)) from None
-    except sweep_module.Interrupted:
-        click.echo("stopped by SIGTERM; run the same command again to resume", err=True)
-        raise SystemExit(128 + signal.SIGTERM) from None
-    except grpc.RpcError as e:
-        raise click.ClickException(f"lost the chief's oracle: {e.code().name}") from None
+    settings = sweep_module.Settings(
+        experiment=options["experiment"], directory=options["directory"],
+        overwrite=options["overwrite"], verbose=options["verbose"], devices=devices,
+        **kwargs)
+    if len(specs) == 1:
+        return [sweep_module.run(specs[0], load_dataset(specs[0]), settings,
+                                 launcher_run_id=launcher)]
+    return sweep_module.run_exercise(specs, load_dataset, settings, launcher_run_id=launcher)
 
 
 @cli.command()
@@ -228,7 +229,7 @@ def exercise(out, **options):
     """Run every exercise sweep in turn (Parts One to Three and `activation`), then
     the report."""
     specs = [load_spec(name, options["max_trials"], options["epochs"], options["seed"])
-             for name in spec_module.EXERCISE]
+             for name in EXERCISE]
     check_tracking()
     datasets = {}
     for spec in specs:  # Check every input before the first trial.
@@ -244,7 +245,7 @@ def exercise(out, **options):
 
 
 @cli.command()
-@click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME", default="mnist-sweeps",
+@click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME", default=names.DEFAULT_EXPERIMENT,
               show_default=True, help="MLflow experiment holding the exercise sweeps.")
 @click.option("--out", default="reports", show_default=True,
               type=click.Path(file_okay=False), help="Directory for the report files.")

@@ -17,15 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import DataError
+
 NUM_CLASSES = 10
 NUM_PIXELS = 28 * 28
 ENV_VAR = "MNIST_NPZ"
 HOW_TO_FIX = f"pass a local Keras-layout mnist.npz with --data PATH or {ENV_VAR}=PATH"
 KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-class DataError(RuntimeError):
-    """MNIST could not be loaded; the message says why and how to fix it."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,7 +15,7 @@ PROBE_SIZE = 256
 
 
 class GradientProbe:
-    """Measures `grad_mean_abs_layer_<i>` on a fixed batch, for saved weights.
+    """Measures each Dense kernel's mean absolute gradient on a fixed batch.
 
     `snapshot()` copies a model's weights at an epoch's end, on the training
     thread (about a millisecond); `measure()` computes the gradients on a twin of
@@ -35,13 +35,14 @@ class GradientProbe:
         return model.get_weights()
 
     def measure(self, weights):
+        """The gradient sizes for `weights` (from `snapshot`), first hidden layer first."""
         if self._twin is None:
             self._twin = keras.Sequential.from_config(self.config)
             kernels = [layer.kernel for layer in self._twin.layers
                        if isinstance(layer, keras.layers.Dense)]
             self._gradients = tf.function(lambda: self._kernel_gradients(kernels))
         self._twin.set_weights(weights)
-        return {f"grad_mean_abs_layer_{i}": float(g) for i, g in enumerate(self._gradients())}
+        return [float(g) for g in self._gradients()]
 
     def _kernel_gradients(self, kernels):
         with tf.GradientTape() as tape:

@@ -65,7 +65,7 @@ def build_model(config, options=CompileOptions()):
 
 
 class MnistHyperModel(keras_tuner.HyperModel):
-    """Keras Tuner's view of a `SearchSpace`: hyperparameters in, model out."""
+    """Keras Tuner's view of a `ConstrainedSpace`: hyperparameters in, model out."""
 
     def __init__(self, space, options=CompileOptions()):
         super().__init__(name=space.spec.name)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from pipeline.tracking import names
+
 
 def training_curves(epochs, history, title):
     """Training vs validation accuracy and loss per epoch, side by side.
@@ -31,20 +33,20 @@ def training_curves(epochs, history, title):
     return fig
 
 
-def plot_curves(acc_ax, loss_ax, epochs, history, label=""):
+def plot_curves(acc_ax, loss_ax, epochs, history):
     """Draws one model's training and validation curves on two axes."""
-    prefix = f"{label} " if label else ""
-    for ax, metric, unit in ((acc_ax, "accuracy", "accuracy (fraction correct)"),
-                             (loss_ax, "loss", "loss (categorical cross-entropy)")):
+    for ax, (metric, val_metric), unit in (
+            (acc_ax, (names.ACCURACY, names.VAL_ACCURACY), "accuracy (fraction correct)"),
+            (loss_ax, (names.LOSS, names.VAL_LOSS), "loss (categorical cross-entropy)")):
         (line,) = ax.plot(epochs, history[metric], marker="o", markersize=3,
-                          label=f"{prefix}training")
-        ax.plot(epochs, history[f"val_{metric}"], marker="s", markersize=3,
-                linestyle="--", color=line.get_color(), label=f"{prefix}validation")
+                          label="training")
+        ax.plot(epochs, history[val_metric], marker="s", markersize=3,
+                linestyle="--", color=line.get_color(), label="validation")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="lower right" if metric == "accuracy"
+        ax.legend(fontsize="small", loc="lower right" if metric == names.ACCURACY
                   else "upper right")
 
 

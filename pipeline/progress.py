@@ -19,11 +19,10 @@ def duration(seconds):
 class Progress:
     """Prints a line per finished trial, with an estimate of the time left."""
 
-    def __init__(self, name, max_trials, stream=None, workers=1):
+    def __init__(self, name, max_trials, stream=None):
         self.name = name
         self.max_trials = max_trials
         self.stream = stream or sys.stdout
-        self.workers = max(1, workers)
         self.durations = []
 
     def say(self, text):
@@ -34,7 +33,7 @@ class Progress:
         number = int(trial_id) + 1
         self.durations.append(seconds)
         left = max(0, self.max_trials - number)
-        eta = sum(self.durations) / len(self.durations) * left / self.workers
+        eta = sum(self.durations) / len(self.durations) * left
         if failure:
             outcome = f"FAILED ({failure})"
         else:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipeline.spec import Choice, Range, Spec, SpecError
+from pipeline.errors import SpecError
+from pipeline.spec import Choice, Range, Spec
 
 INPUTS = 784
 OUTPUTS = 10
@@ -63,20 +64,6 @@ class TrialConfig:
     def params(self):
         return count_params(self.units)
 
-    def mlflow_params(self):
-        """The hyperparameters that are active for this trial, as MLflow params."""
-        return {
-            "hidden_layers": self.hidden_layers,
-            "units": ",".join(str(u) for u in self.units),
-            "activation": self.activation,
-            "optimizer": OPTIMIZER,
-            "learning_rate": self.learning_rate,
-            "momentum": self.momentum,
-            "batch_size": self.batch_size,
-            "epochs": self.epochs,
-            "loss": LOSS,
-        }
-
     def describe(self):
         widths = self.units
         shape = (f"{len(widths)}x{widths[0]}" if len(set(widths)) == 1
@@ -85,7 +72,7 @@ class TrialConfig:
                 f"m={self.momentum:g} bs={self.batch_size}")
 
 
-class SearchSpace:
+class ConstrainedSpace:
     """A spec's search space, narrowed to what its constraints allow.
 
     `sample(hp)` declares the space to Keras Tuner (hidden-layer count, one
@@ -204,12 +191,12 @@ class SearchSpace:
 
 
 def build(spec):
-    """Returns the `SearchSpace` of `spec`.
+    """Returns the `ConstrainedSpace` of `spec`.
 
     Raises:
         SpecError: if no configuration can meet the spec's constraints.
     """
-    space = SearchSpace(spec)
+    space = ConstrainedSpace(spec)
     if space.find_feasible() is None:
         c = spec.constraints
         most = "any" if c.max_trainable_params is None else f"{c.max_trainable_params:,}"

@@ -15,20 +15,18 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import mlflow
 
-from pipeline import distributed, tracking
 from pipeline import space as space_module
+from pipeline.errors import Interrupted, OracleLost, SweepBusy
 from pipeline.model import CompileOptions
-from pipeline.oracles import SweepStopped
 from pipeline.progress import Progress
-from pipeline.tuner import SweepTuner
+from pipeline.search import distributed
+from pipeline.search.tuner import SweepTuner
+from pipeline.tracking import names, runs
 
 DEFAULT_DIRECTORY = "kt_sweeps"
-
-
-class Interrupted(BaseException):
-    """SIGTERM arrived (a scheduler pre-empting the job): stop after cleaning up."""
 
 
 @dataclass(frozen=True)
@@ -40,100 +38,124 @@ class Result:
     resumed: bool
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How to run a sweep, as opposed to what it searches (the spec).
+
+    Attributes:
+        experiment: the MLflow experiment's name.
+        directory: where Keras Tuner keeps its state, one folder per sweep.
+        overwrite: start afresh (a new parent run) instead of resuming.
+        verbose: Keras' per-epoch output (0: off).
+        options: `CompileOptions` for every model.
+        devices: what the trials run on, for the first progress line.
+        worker_timeout: on a chief, seconds of silence before a worker is lost.
+    """
+
+    experiment: str = names.DEFAULT_EXPERIMENT
+    directory: str = DEFAULT_DIRECTORY
+    overwrite: bool = False
+    verbose: int = 0
+    options: CompileOptions = CompileOptions()
+    devices: str = "CPU"
+    worker_timeout: float = distributed.WORKER_TIMEOUT
+
+
 def project_name(spec, dataset, experiment):
     """The Keras Tuner project of a sweep: what it computes, and where it is logged."""
     key = spec.fingerprint(dataset.fingerprint, experiment, mlflow.get_tracking_uri())
     return f"{spec.name}-{key}"
 
 
-def run(spec, dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
-        directory=DEFAULT_DIRECTORY, overwrite=False, verbose=0, launcher_run_id=None,
-        nest_under=None, options=CompileOptions(), stream=None, devices="CPU",
-        worker_timeout=distributed.WORKER_TIMEOUT):
+def run(spec, dataset, settings=Settings(), launcher_run_id=None, nest_under=None):
     """Runs (or resumes) one sweep to its `max_trials`, or one process's part of it.
 
-    In Keras Tuner's distributed mode (see `pipeline.distributed`), the chief owns
-    the oracle and the parent run and trains nothing; each worker trains the
+    In Keras Tuner's distributed mode (see `pipeline.search.distributed`), the chief
+    owns the oracle and the parent run and trains nothing; each worker trains the
     trials the chief hands out, logging each under the chief's parent run.
 
     Args:
         spec: the sweep `Spec`, overrides applied.
         dataset: the `Dataset` to train, validate and test on.
-        experiment: the MLflow experiment's name.
-        directory: where Keras Tuner keeps its state, one folder per sweep.
-        overwrite: start afresh (a new parent run) instead of resuming.
-        verbose: Keras' per-epoch output (0: off).
+        settings: the sweep's `Settings`.
         launcher_run_id: the run `mlflow run` made for this command, if any.
         nest_under: a run id to nest the parent run under.
-        options: `CompileOptions` for every model.
-        stream: where progress lines go (default stdout).
-        devices: what the trials run on, for the first progress line.
-        worker_timeout: on a chief, seconds of silence before a worker is lost.
 
     Returns:
         A `Result` (on a worker, with the parent found and no best trial).
     """
     space = space_module.build(spec)
-    project = project_name(spec, dataset, experiment)
-    role = distributed.role()
-    progress = Progress(spec.name if role != "worker" else
-                        f"{spec.name}/{distributed.tuner_id()}", spec.tuner.max_trials, stream)
-    if role == "worker":
-        # Workers keep their own Keras Tuner files; the oracle lives on the chief.
-        directory = Path(directory) / "workers" / distributed.tuner_id()
-        tuner = SweepTuner(spec, space, None, experiment, options=options, progress=progress,
-                           verbose=verbose, directory=str(directory), project_name=project)
-        progress.say(f"worker for {project} on {devices}, oracle at "
-                     f"{os.environ[distributed.ENV_IP]}:{os.environ[distributed.ENV_PORT]}")
+    project = project_name(spec, dataset, settings.experiment)
+    if distributed.role() == "worker":
+        return _run_worker(spec, space, dataset, project, settings)
+    return _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id,
+                               nest_under)
+
+
+def _run_worker(spec, space, dataset, project, settings):
+    """A worker trains what the chief hands out, until the chief says stop."""
+    progress = Progress(f"{spec.name}/{distributed.tuner_id()}", spec.tuner.max_trials)
+    # Workers keep their own Keras Tuner files; the oracle lives on the chief.
+    directory = Path(settings.directory) / "workers" / distributed.tuner_id()
+    tuner = SweepTuner(spec, space, experiment=settings.experiment, options=settings.options,
+                       progress=progress, verbose=settings.verbose, directory=str(directory),
+                       project_name=project)
+    progress.say(f"worker for {project} on {settings.devices}, oracle at "
+                 f"{os.environ[distributed.ENV_IP]}:{os.environ[distributed.ENV_PORT]}")
+    try:
         with _sigterm_raises():
             tuner.search(dataset)
-        return Result(spec.name, tuner.parent.run_id, None, None, False)
+    except grpc.RpcError as e:
+        raise OracleLost(f"lost the chief's oracle: {e.code().name}") from None
+    return Result(spec.name, tuner.parent.run_id, None, None, False)
 
-    project_dir = Path(directory) / project
-    with _exclusive(Path(directory) / f".{project}.lock", spec.name):
-        if overwrite and project_dir.exists():
+
+def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id,
+                        nest_under):
+    """One process owns the sweep: its oracle, its parent run, its state directory."""
+    progress = Progress(spec.name, spec.tuner.max_trials)
+    project_dir = Path(settings.directory) / project
+    with _exclusive(Path(settings.directory) / f".{project}.lock", spec.name):
+        if settings.overwrite and project_dir.exists():
             shutil.rmtree(project_dir)
-        tuner = SweepTuner(spec, space, None, experiment, options=options, progress=progress,
-                           verbose=verbose, worker_timeout=worker_timeout,
-                           directory=str(directory), project_name=project)
-        parent = tracking.existing_parent(project_dir)
+        tuner = SweepTuner(spec, space, experiment=settings.experiment,
+                           options=settings.options, progress=progress,
+                           verbose=settings.verbose, worker_timeout=settings.worker_timeout,
+                           directory=settings.directory, project_name=project)
+        parent = runs.existing_parent(project_dir)
         if parent is not None:
-            tuner.parent = parent
-            tuner.requeue_unlogged()
+            tuner.resume(parent)
         if tuner.finished():  # A re-run of a finished sweep: leave its runs as they are.
             progress.say(f"already finished: {len(tuner.oracle.trials)} trials in MLflow run "
                          f"{parent.run_id if parent else '?'}; --max-trials N extends it")
             return Result(spec.name, parent and parent.run_id, None, None, True)
-        parent = tracking.open_parent(spec, experiment, project_dir, launcher_run_id,
-                                      nest_under)
-        tuner.parent = parent
+        parent = runs.open_parent(spec, settings.experiment, project_dir, launcher_run_id,
+                                  nest_under)
+        tuner.open(parent)
         progress.say(
             f"{'resuming' if parent.resumed else 'starting'} {spec.tuner.algorithm} search, "
             f"{spec.tuner.max_trials} trials of {spec.training.epochs} epochs on "
-            f"{dataset.describe()} on {devices}; MLflow run {parent.run_id} in experiment "
-            f"{experiment!r}" + ("; serving the oracle to workers" if role == "chief" else ""))
-        status = "FAILED"
-        try:
-            with _sigterm_raises():
-                tuner.search(dataset)
-                if role is None and tuner.unlogged and tuner.requeue_unlogged():
-                    tuner.unlogged = []
-                    tuner.search(dataset)  # Once more, for trials whose logging failed.
-            if tuner.unlogged:
-                raise SweepStopped(f"trials {', '.join(tuner.unlogged)} could not be logged "
-                                   "to MLflow; run the same command again to re-run them")
-            status = "FINISHED"
-        except (KeyboardInterrupt, Interrupted):
-            status = "KILLED"
-            raise
-        finally:
-            best = _close(tuner, parent, status, progress)
+            f"{dataset.describe()} on {settings.devices}; MLflow run {parent.run_id} in "
+            f"experiment {settings.experiment!r}"
+            + ("; serving the oracle to workers" if distributed.role() == "chief" else ""))
+        best = _search(tuner, dataset, parent, progress)
     return Result(spec.name, parent.run_id, best and best[0], best and best[1],
                   parent.resumed)
 
 
-class SweepBusy(RuntimeError):
-    """Another process is running this sweep from the same state directory."""
+def _search(tuner, dataset, parent, progress):
+    """Runs the search and ends the parent FINISHED, FAILED or KILLED; returns the best."""
+    status = "FAILED"
+    try:
+        with _sigterm_raises():
+            tuner.search_and_retry(dataset)
+        status = "FINISHED"
+    except (KeyboardInterrupt, Interrupted):
+        status = "KILLED"
+        raise
+    finally:
+        best = _close(tuner, parent, status, progress)
+    return best
 
 
 @contextlib.contextmanager
@@ -154,7 +176,7 @@ def _close(tuner, parent, status, progress):
     try:
         tuner.wait_for_logging()
         best = tuner.best_trial()
-        tracking.end_parent(parent, status, best)
+        runs.end_parent(parent, status, best)
     except Exception as e:  # noqa: BLE001 - the sweep's own outcome matters more.
         progress.say(f"could not close MLflow run {parent.run_id}: {e}")
         return None
@@ -163,8 +185,7 @@ def _close(tuner, parent, status, progress):
     return best
 
 
-def run_exercise(specs, load_dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
-                 launcher_run_id=None, **kwargs):
+def run_exercise(specs, load_dataset, settings=Settings(), launcher_run_id=None):
     """Runs every exercise sweep in turn.
 
     Under `mlflow run`, each sweep's parent run is nested under the run that
@@ -174,21 +195,19 @@ def run_exercise(specs, load_dataset, *, experiment=tracking.DEFAULT_EXPERIMENT,
     Args:
         specs: the `Spec`s, in order.
         load_dataset: a function from a `Spec` to its `Dataset`.
-        experiment: the MLflow experiment's name.
+        settings: the sweeps' `Settings`.
         launcher_run_id: the run `mlflow run` made for this command, if any.
-        **kwargs: passed on to `run()`.
 
     Returns:
         The `Result` of each sweep.
     """
-    nest_under = tracking.umbrella_run(experiment, launcher_run_id)
+    nest_under = runs.umbrella_run(settings.experiment, launcher_run_id)
     results = []
     for spec in specs:
-        result = run(spec, load_dataset(spec), experiment=experiment, nest_under=nest_under,
-                     **kwargs)
+        result = run(spec, load_dataset(spec), settings, nest_under=nest_under)
         if launcher_run_id and not nest_under:
-            tracking.point_to(launcher_run_id, f"sweep_run_id.{spec.name}",
-                              result.parent_run_id)
+            runs.point_to(launcher_run_id, f"{names.SWEEP_RUN_ID}.{spec.name}",
+                          result.parent_run_id)
         results.append(result)
     return results
 

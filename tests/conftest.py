@@ -1,6 +1,7 @@
 """Shared fixtures: a seed, a private MLflow store and working directory, real MNIST."""
 
 import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -29,6 +30,27 @@ def workdir(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)
     yield tmp_path
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory):
+    """An SQLite store with MLflow's tables, made once: making them takes seconds."""
+    folder = tmp_path_factory.mktemp("empty-store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def fresh_store(workdir, empty_store):
+    """The test's own store (`workdir`'s), starting as a copy of the empty one.
+
+    For fast tests that write to MLflow; tests that check that nothing was written
+    leave it out.
+    """
+    shutil.copyfile(empty_store, workdir / "mlflow.db")
+    return workdir / "mlflow.db"
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline import data
-from pipeline.data import DataError
+from pipeline.errors import DataError
 
 
 def test_full_file_splits_scales_and_one_hots(mnist_path):

@@ -6,8 +6,8 @@ import keras_tuner
 import pytest
 
 from pipeline import space as space_module
-from pipeline import spec as spec_module
-from pipeline.oracles import make_oracle
+from pipeline import specfile as spec_module
+from pipeline.search.oracles import make_oracle
 
 SPEC = """\
 name: constrained

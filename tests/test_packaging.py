@@ -29,3 +29,14 @@ def test_mlproject_parameters_map_one_to_one_onto_cli_options():
             flag = "--" + parameter.replace("_", "-")
             if parameter != "spec":
                 assert f"{flag} {{{parameter}}}" in entry["command"], (name, parameter)
+
+
+def test_every_subpackage_is_in_the_distribution():
+    import setuptools
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packaged = set(setuptools.find_packages(str(REPO), include=include))
+    on_disk = {".".join(p.parent.relative_to(REPO).parts)
+               for p in (REPO / "pipeline").rglob("__init__.py")}
+    assert packaged == on_disk and {"pipeline.search", "pipeline.tracking"} <= packaged

@@ -6,7 +6,8 @@ import statistics
 import pytest
 
 from pipeline.cli import cli
-from pipeline.report import pct
+from pipeline.report.render import pct
+from pipeline.tracking import names
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def logged(runner, mnist_path):
 def trial_runs(client, sweep):
     experiment = client.get_experiment_by_name("mnist-sweeps")
     return client.search_runs([experiment.experiment_id],
-                              f"tags.sweep = '{sweep}' and tags.trial_id != ''")
+                              f"tags.{names.SWEEP} = '{sweep}' and tags.{names.TRIAL_ID} != ''")
 
 
 def test_report_numbers_equal_what_mlflow_holds_and_are_logged(
@@ -38,20 +39,22 @@ def test_report_numbers_equal_what_mlflow_holds_and_are_logged(
 
     # Part One, narrow: the best trial by validation accuracy, and its numbers.
     runs = trial_runs(client, "part1-narrow")
-    best = max(runs, key=lambda r: r.data.metrics["val_accuracy"])
+    best = max(runs, key=lambda r: r.data.metrics[names.VAL_ACCURACY])
     part1 = answers["part1"]["part1-narrow"]
     assert part1["run_id"] == best.info.run_id
     metrics = best.data.metrics
-    for key in ("trainable_params", "weights", "biases"):
+    for key in (names.TRAINABLE_PARAMS, names.WEIGHTS, names.BIASES):
         assert part1[key] == metrics[key]
         assert f"{int(metrics[key]):,}" in markdown
-    assert part1["test_accuracy"] == metrics["test_accuracy"]
-    assert part1["train_val_gap"] == pytest.approx(metrics["accuracy"] - metrics["val_accuracy"])
-    seconds = [m.value for m in client.get_metric_history(best.info.run_id, "epoch_seconds")]
+    assert part1["test_accuracy"] == metrics[names.TEST_ACCURACY]
+    assert part1["train_val_gap"] == pytest.approx(
+        metrics[names.ACCURACY] - metrics[names.VAL_ACCURACY])
+    seconds = [m.value for m in client.get_metric_history(best.info.run_id,
+                                                          names.EPOCH_SECONDS)]
     assert part1["median_epoch_seconds"] == pytest.approx(statistics.median(seconds))
     assert part1["val_accuracy_epoch_10"] is None  # two epochs were run, not ten
     assert "n/a (2 epochs run)" in markdown
-    assert pct(metrics["test_accuracy"]) in markdown and best.info.run_id in markdown
+    assert pct(metrics[names.TEST_ACCURACY]) in markdown and best.info.run_id in markdown
 
     # Part Two: every trial listed with its parameters; the 20% question answered.
     band = answers["part2"]["part2-narrow"]
@@ -59,18 +62,18 @@ def test_report_numbers_equal_what_mlflow_holds_and_are_logged(
     assert sorted(t["run_id"] for t in band["trials"]) == sorted(
         r.info.run_id for r in band_runs)
     assert band["beat_chance"] == any(
-        max(r.data.metrics["val_accuracy"], r.data.metrics["test_accuracy"]) > 0.2
+        max(r.data.metrics[names.VAL_ACCURACY], r.data.metrics[names.TEST_ACCURACY]) > 0.2
         for r in band_runs)
     assert "**Did any beat 20% accuracy?**" in markdown
     grads = answers["gradients"]["part2-narrow"]
-    history = client.get_metric_history(grads["run_id"], "grad_mean_abs_layer_0")
+    history = client.get_metric_history(grads["run_id"], names.gradient(0))
     assert grads["first"] == next(m.value for m in history if m.step == 1)
 
     # The correlation covers every Part One and Part Two trial.
     assert answers["correlation"]["n"] == len(runs) + len(band_runs)
     assert "Spearman's rho" in markdown
     assert set(answers["activation"]) == {
-        r.data.params["activation"] for r in trial_runs(client, "activation")}
+        r.data.params[names.ACTIVATION] for r in trial_runs(client, "activation")}
 
     # Sweeps not run are named, with the command that runs them.
     assert answers["missing"] == ["part1-wide", "part2-medium", "part2-wide", "part3"]
@@ -85,10 +88,10 @@ def test_report_numbers_equal_what_mlflow_holds_and_are_logged(
     for name in ("curves.png", "accuracy_vs_params.png", "gradients.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     experiment = client.get_experiment_by_name("mnist-sweeps")
-    (run,) = client.search_runs([experiment.experiment_id], "tags.report = 'exercise'")
-    assert run.info.run_name == "report" and run.info.status == "FINISHED"
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.{names.REPORT} = 'exercise'")
+    assert run.info.run_name == names.REPORT and run.info.status == "FINISHED"
     logged_files = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"report.md", "report.html", "report.json", "gradients.png"} <= logged_files
+    assert {*names.REPORT_FILES, "gradients.png"} <= logged_files
 
 
 def test_report_with_nothing_run_names_every_sweep_missing(runner, workdir):

@@ -2,10 +2,11 @@ import keras_tuner
 import pytest
 
 from pipeline import space as space_module
-from pipeline import spec as spec_module
+from pipeline import specfile as spec_module
+from pipeline.errors import SpecError
 from pipeline.model import build_model
 from pipeline.space import TrialConfig, count_params
-from pipeline.spec import SpecError
+from pipeline.tracking.trial_run import trial_params
 
 
 def config(units, **kwargs):
@@ -37,7 +38,7 @@ def test_exercise_boundaries():
 
 
 def test_mlflow_params_hold_only_active_hyperparameters():
-    params = config([30, 20, 10], learning_rate=0.1, momentum=0.9).mlflow_params()
+    params = trial_params(config([30, 20, 10], learning_rate=0.1, momentum=0.9))
     assert params == {"hidden_layers": 3, "units": "30,20,10", "activation": "sigmoid",
                       "optimizer": "SGD", "learning_rate": 0.1, "momentum": 0.9,
                       "batch_size": 32, "epochs": 10, "loss": "categorical_crossentropy"}
@@ -53,7 +54,7 @@ def test_values_to_config_drop_inactive_layers():
     values = {"hidden_layers": 10, **{f"units_{i}": i % 9 + 1 for i in range(12)}}
     cfg = space.config(values)
     assert cfg.units == tuple(i % 9 + 1 for i in range(10))
-    assert cfg.mlflow_params()["units"].count(",") == 9
+    assert trial_params(cfg)["units"].count(",") == 9
 
 
 def test_violation_and_feasible_search():

@@ -1,8 +1,9 @@
 import pytest
 import yaml
 
-from pipeline import spec as spec_module
-from pipeline.spec import Choice, Range, SpecError
+from pipeline import specfile as spec_module
+from pipeline.errors import SpecError
+from pipeline.spec import Choice, Range
 
 SHIPPED = ["part1-wide", "part1-narrow", "part2-narrow", "part2-medium", "part2-wide",
            "part3", "activation"]

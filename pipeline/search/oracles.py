@@ -14,18 +14,17 @@ from __future__ import annotations
 import re
 
 import keras_tuner
-from keras_tuner.src.engine import trial as trial_module
-from keras_tuner.src.engine.oracle import synchronized
+from keras_tuner import synchronized
+from keras_tuner.engine.trial import TrialStatus
+
+from pipeline.errors import SweepStopped
+from pipeline.search import internals
 
 # Infeasible draws count as collisions; allow many before calling the space spent.
 MAX_REJECTIONS = 2000
 # A trial that raised (not one that diverged) is run once more: the error may have
 # been the infrastructure's (a tracking server restarting, say).
 MAX_RETRIES_PER_TRIAL = 1
-
-
-class SweepStopped(RuntimeError):
-    """Too many trials failed in a row; the message says how many and the last reason."""
 
 
 def failure_reason(message):
@@ -42,7 +41,7 @@ class ConstrainedOracle:
     def __init__(self, *args, space, **kwargs):
         super().__init__(*args, max_retries_per_trial=MAX_RETRIES_PER_TRIAL, **kwargs)
         self.space = space
-        self._max_collisions = MAX_REJECTIONS
+        internals.set_max_collisions(self, MAX_REJECTIONS)
         self.stopped = None
 
     def _check_consecutive_failures(self):
@@ -65,17 +64,17 @@ class ConstrainedOracle:
         """Runs completed trials again (their results never reached MLflow)."""
         for trial_id in trial_ids:
             trial = self.trials[trial_id]
-            trial.status = trial_module.TrialStatus.RUNNING
+            trial.status = TrialStatus.RUNNING
             if trial_id in self.end_order:
                 self.end_order.remove(trial_id)
-            self._retry_queue.append(trial_id)
-            self._save_trial(trial)
+            internals.retry_queue(self).append(trial_id)
+            internals.save_trial(self, trial)
         self.save()
 
     def budget_spent(self):
         """Whether every trial of `max_trials` was handed out and none waits for a retry."""
         return (bool(self.max_trials) and len(self.trials) >= self.max_trials
-                and not self._retry_queue)
+                and not internals.retry_queue(self))
 
     def feasible(self, values):
         config_values = {k: v for k, v in values.items() if not k.startswith("tuner/")}
@@ -87,7 +86,7 @@ class ConstrainedOracle:
     def populate_space(self, trial_id):
         response = super().populate_space(trial_id)
         values = response.get("values")
-        if response["status"] != trial_module.TrialStatus.RUNNING or self.feasible(values):
+        if response["status"] != TrialStatus.RUNNING or self.feasible(values):
             return response
         return self.replace_infeasible(values)
 
@@ -95,8 +94,8 @@ class ConstrainedOracle:
         """Returns a feasible response in place of infeasible computed `values`."""
         values = self._random_values()
         if values is None:
-            return {"status": trial_module.TrialStatus.STOPPED, "values": None}
-        return {"status": trial_module.TrialStatus.RUNNING, "values": values}
+            return {"status": TrialStatus.STOPPED, "values": None}
+        return {"status": TrialStatus.RUNNING, "values": values}
 
 
 class RandomSearchOracle(ConstrainedOracle, keras_tuner.oracles.RandomSearchOracle):
@@ -126,8 +125,8 @@ class GridSearchOracle(ConstrainedOracle, keras_tuner.oracles.GridSearchOracle):
         # Only the first grid point (all defaults) can get here.
         values = self._get_next_combination(values)
         if values is None:
-            return {"status": trial_module.TrialStatus.STOPPED, "values": None}
-        return {"status": trial_module.TrialStatus.RUNNING, "values": values}
+            return {"status": TrialStatus.STOPPED, "values": None}
+        return {"status": TrialStatus.RUNNING, "values": values}
 
 
 def make_oracle(spec, space):
@@ -135,7 +134,7 @@ def make_oracle(spec, space):
 
     Args:
         spec: the sweep `Spec`.
-        space: its `SearchSpace`.
+        space: its `ConstrainedSpace`.
 
     Returns:
         A Keras Tuner oracle that proposes only feasible configurations.

@@ -23,13 +23,11 @@ import time
 from concurrent import futures
 
 import grpc
-from keras_tuner.src import protos
-from keras_tuner.src.distribute import oracle_chief, oracle_client
-from keras_tuner.src.distribute import utils as dist_utils
-from keras_tuner.src.engine import trial as trial_module
-from keras_tuner.src.engine.oracle import synchronized
+from keras_tuner import synchronized
+from keras_tuner.engine.trial import Trial, TrialStatus
 
-from pipeline.oracles import SweepStopped
+from pipeline.errors import SweepStopped
+from pipeline.search import internals
 
 ENV_ID = "KERASTUNER_TUNER_ID"
 ENV_IP = "KERASTUNER_ORACLE_IP"
@@ -51,14 +49,14 @@ def set_role(role, oracle_address, worker_id=None, chief_timeout=CHIEF_TIMEOUT):
     os.environ[ENV_IP] = host
     os.environ[ENV_PORT] = port
     os.environ[ENV_ID] = "chief" if role == "chief" else (worker_id or f"worker{os.getpid()}")
-    oracle_client.TIMEOUT = chief_timeout  # Read by every call of Keras Tuner's client.
+    internals.set_client_timeout(chief_timeout)
 
 
 def role():
     """"chief", "worker", or None when Keras Tuner's distributed variables are unset."""
-    if not dist_utils.has_chief_oracle():
+    if not internals.has_chief():
         return None
-    return "chief" if dist_utils.is_chief_oracle() else "worker"
+    return "chief" if internals.is_chief() else "worker"
 
 
 def tuner_id():
@@ -70,7 +68,7 @@ class Heartbeat:
 
     def __init__(self, interval=HEARTBEAT_SECONDS):
         address = f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}"
-        self._stub = protos.get_service_grpc().OracleStub(grpc.insecure_channel(address))
+        self._stub = internals.service_grpc().OracleStub(grpc.insecure_channel(address))
         self._metadata = [(METADATA_KEY, tuner_id())]
         self._interval = interval
         self._stop = threading.Event()
@@ -80,7 +78,7 @@ class Heartbeat:
     def _loop(self):
         while not self._stop.wait(self._interval):
             try:
-                self._stub.GetSpace(protos.get_service().GetSpaceRequest(),
+                self._stub.GetSpace(internals.service().GetSpaceRequest(),
                                     metadata=self._metadata, timeout=self._interval * 5)
             except grpc.RpcError:
                 pass  # The chief is busy or gone; the trial's own calls will tell.
@@ -89,7 +87,7 @@ class Heartbeat:
         self._stop.set()
 
 
-class WatchingServicer(oracle_chief.OracleServicer):
+class WatchingServicer(internals.OracleServicer):
     """Keras Tuner's servicer, noting when each worker was last heard from."""
 
     def __init__(self, oracle, idle_seconds=IDLE_SECONDS):
@@ -110,9 +108,8 @@ class WatchingServicer(oracle_chief.OracleServicer):
         self._seen(request.tuner_id)
         if _only_others_running(self.oracle, request.tuner_id):
             time.sleep(self.idle_seconds)  # Keras Tuner's worker asks again at once.
-            trial = trial_module.Trial(self.oracle.get_space(),
-                                       status=trial_module.TrialStatus.IDLE)
-            return protos.get_service().CreateTrialResponse(trial=trial.to_proto())
+            trial = Trial(self.oracle.get_space(), status=TrialStatus.IDLE)
+            return internals.service().CreateTrialResponse(trial=trial.to_proto())
         return super().CreateTrial(request, context)
 
 
@@ -129,7 +126,7 @@ def _give_back(oracle, tuner_id):
     trial = oracle.ongoing_trials.pop(tuner_id, None)
     oracle.tuner_ids.discard(tuner_id)
     if trial is not None:
-        oracle._retry_queue.append(trial.trial_id)
+        internals.retry_queue(oracle).append(trial.trial_id)
         oracle.save()
     return trial
 
@@ -137,9 +134,10 @@ def _give_back(oracle, tuner_id):
 @synchronized
 def _pop_orphan(oracle):
     """Takes a trial waiting for a retry out of the queue (None if there is none)."""
-    if not oracle._retry_queue:
+    queue = internals.retry_queue(oracle)
+    if not queue:
         return None
-    trial = oracle.trials[oracle._retry_queue.pop()]
+    trial = oracle.trials[queue.pop()]
     oracle.ongoing_trials["lost"] = trial  # So that `end_trial` can close it.
     return trial
 
@@ -147,7 +145,7 @@ def _pop_orphan(oracle):
 def _fail_orphans(oracle, reason):
     """Ends as FAILED the trials waiting for a retry that no worker is left to run."""
     while (trial := _pop_orphan(oracle)) is not None:
-        trial.status = trial_module.TrialStatus.FAILED
+        trial.status = TrialStatus.FAILED
         trial.message = reason
         oracle.end_trial(trial)
         yield trial
@@ -166,7 +164,7 @@ def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0)
     # Waiting workers each hold a thread for up to `IDLE_SECONDS`.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     servicer = WatchingServicer(oracle)
-    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    internals.service_grpc().add_OracleServicer_to_server(servicer, server)
     server.add_insecure_port(f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}")
     server.start()
     try:
@@ -184,7 +182,7 @@ def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0)
                         on_lost(None, trial, False)
             if getattr(oracle, "stopped", None):
                 raise SweepStopped(oracle.stopped)
-            if servicer.stop_triggered and oracle_chief.exit_chief(oracle):
+            if servicer.stop_triggered and internals.chief_may_exit(oracle):
                 return
     finally:
         server.stop(grace=5)

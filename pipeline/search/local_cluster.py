@@ -1,9 +1,9 @@
 """`--workers N`: a chief and N workers of one sweep, as processes on this machine.
 
 Each process is the same `python -m pipeline sweep` command with a role, exactly
-what a cluster scheduler would start on separate nodes (see `deploy/`). The
-launcher forwards SIGTERM and SIGINT to all of them, and returns the chief's exit
-status: 0 when the sweep finished.
+what a cluster scheduler would start on separate nodes (see `deploy/`). SIGTERM
+and SIGINT are forwarded to all of them, and the chief's exit status is returned:
+0 when the sweep finished.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from pipeline import distributed
+from pipeline.search import distributed
 
 # How long the chief may take to notice lost workers and finish after the last
 # worker exits, beyond the worker timeout itself.
@@ -37,20 +37,18 @@ def commands(sweep_args, workers, port, threads):
                     "--threads", str(threads)] for i in range(workers)]
 
 
-def launch(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT, stream=None):
+def run(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT):
     """Runs a chief and `workers` workers until the chief exits.
 
     Args:
         sweep_args: the `sweep` command's arguments, without any role options.
         workers: how many worker processes to start.
         worker_timeout: the chief's worker timeout (for the shutdown grace).
-        stream: where the launcher's own lines go (default stderr).
 
     Returns:
         The chief's exit status (non-zero if every worker exited before the sweep
         finished: the chief is then stopped, and the same command resumes it).
     """
-    stream = stream or sys.stderr
     threads = max(1, (os.cpu_count() or 1) // workers)
     chief_cmd, worker_cmds = commands(sweep_args, workers, free_port(), threads)
     worker_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
@@ -71,9 +69,9 @@ def launch(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT, strea
             if all(p.poll() is not None for p in procs):
                 all_gone_at = all_gone_at or time.monotonic()
                 if time.monotonic() - all_gone_at > worker_timeout + GRACE_SECONDS:
-                    print("launcher: every worker exited before the sweep finished; "
-                          "stopping the chief (run the same command again to resume)",
-                          file=stream, flush=True)
+                    print("every worker exited before the sweep finished; stopping the "
+                          "chief (run the same command again to resume)",
+                          file=sys.stderr, flush=True)
                     chief.terminate()
         # The chief exits once no trial is left: workers only wait for its "stop".
         for process in procs:

@@ -19,11 +19,13 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from pipeline import distributed, tracking
+from pipeline.errors import LoggingFailed, SweepStopped
 from pipeline.gradients import GradientProbe
 from pipeline.model import CompileOptions, MnistHyperModel
-from pipeline.oracles import failure_reason, make_oracle
 from pipeline.progress import Progress
+from pipeline.search import distributed
+from pipeline.search.oracles import failure_reason, make_oracle
+from pipeline.tracking import names, runs, trial_run
 
 EVAL_BATCH_SIZE = 1024
 # Every trial builds a new model, so Keras traces a new step function per trial;
@@ -43,9 +45,10 @@ class SweepTuner(keras_tuner.Tuner):
 
     Args:
         spec: the sweep `Spec`.
-        space: its `SearchSpace`.
-        parent: the sweep's `tracking.Parent` run; on a worker, None: it is looked
-            up in `experiment` by the project name when the first trial starts.
+        space: its `ConstrainedSpace`.
+        parent: the sweep's `runs.Parent` run; None until `open` or `resume` sets
+            it; on a worker it is looked up in `experiment` by the project name
+            when the first trial starts.
         experiment: the MLflow experiment's name.
         options: `CompileOptions` for every trial's model.
         progress: a `Progress` that prints a line per trial.
@@ -54,7 +57,7 @@ class SweepTuner(keras_tuner.Tuner):
         **kwargs: `directory`, `project_name` for Keras Tuner.
     """
 
-    def __init__(self, spec, space, parent, experiment=tracking.DEFAULT_EXPERIMENT,
+    def __init__(self, spec, space, parent=None, experiment=names.DEFAULT_EXPERIMENT,
                  options=CompileOptions(), progress=None, verbose=0,
                  worker_timeout=distributed.WORKER_TIMEOUT, **kwargs):
         oracle = make_oracle(spec, space)
@@ -81,12 +84,32 @@ class SweepTuner(keras_tuner.Tuner):
     @property
     def parent(self):
         if self._parent is None:  # A worker: the chief opened it.
-            self._parent = tracking.find_parent(self.experiment, self.project_name)
+            self._parent = runs.find_parent(self.experiment, self.project_name)
         return self._parent
 
-    @parent.setter
-    def parent(self, parent):
+    def resume(self, parent):
+        """Continues `parent`'s sweep: trials done in Keras Tuner but never logged to
+        MLflow are handed back to the oracle."""
         self._parent = parent
+        self.requeue_unlogged()
+
+    def open(self, parent):
+        """Logs the coming trials under `parent` (opened or reopened by the sweep)."""
+        self._parent = parent
+
+    def search_and_retry(self, dataset):
+        """Runs the search; trials whose logging failed are run once more.
+
+        Raises:
+            SweepStopped: if some trials still could not be logged.
+        """
+        self.search(dataset)
+        if distributed.role() is None and self.unlogged and self.requeue_unlogged():
+            self.unlogged = []
+            self.search(dataset)
+        if self.unlogged:
+            raise SweepStopped(f"trials {', '.join(self.unlogged)} could not be logged "
+                               "to MLflow; run the same command again to re-run them")
 
     def finished(self):
         """Whether the search already ran all its trials (a re-run has nothing to do)."""
@@ -105,7 +128,7 @@ class SweepTuner(keras_tuner.Tuner):
                    else "failed: no worker was left to re-run it")
         reason = f"worker {worker or '?'} stopped answering; trial {outcome}"
         self.progress.say(f"trial {trial.trial_id}: {reason}")
-        tracking.fail_trial_runs(self.parent.run_id, trial.trial_id, reason)
+        runs.fail_trial_runs(self.parent.run_id, trial.trial_id, reason)
 
     def on_search_begin(self):
         if distributed.role() == "worker":
@@ -121,19 +144,19 @@ class SweepTuner(keras_tuner.Tuner):
         start = time.perf_counter()
         config = self.space.config(trial.hyperparameters.values)
         self._outcome[trial.trial_id] = (config, start, None)
-        logged = tracking.earlier_attempts(self.parent, trial.trial_id,
-                                           self.spec.tuner.objective)
+        logged = runs.earlier_attempts(self.parent, trial.trial_id,
+                                       self.spec.tuner.objective)
         if logged is not None:
             run_id, metrics = logged
             self.progress.say(f"trial {trial.trial_id} already finished in MLflow run "
                               f"{run_id}; not training it again")
             self._outcome[trial.trial_id] = (config, start, metrics)
-            return {k: metrics[k] for k in ("val_accuracy", "val_loss")}
+            return {k: metrics[k] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
         arrays = device_arrays(dataset)
         model = self._fresh_model(trial, config)
-        run = tracking.start_trial_run(self.parent, self.spec.name, trial.trial_id,
-                                       self.tuner_id,
-                                       GradientProbe(model, dataset.x_train, dataset.y_train))
+        run = trial_run.start_trial_run(self.parent, self.spec.name, trial.trial_id,
+                                        self.tuner_id,
+                                        GradientProbe(model, dataset.x_train, dataset.y_train))
         try:
             run.log_params(config)
             fit_start = time.perf_counter()
@@ -150,10 +173,10 @@ class SweepTuner(keras_tuner.Tuner):
         self.wait_for_logging()
         run.finish(model, (arrays["x_test"], arrays["y_test"]),
                    f"{self.spec.name} trial {trial.trial_id}: {config.describe()}",
-                   {"fit_seconds": fit_seconds,
-                    "trial_seconds": time.perf_counter() - start}, EVAL_BATCH_SIZE)
+                   {names.FIT_SECONDS: fit_seconds,
+                    names.TRIAL_SECONDS: time.perf_counter() - start}, EVAL_BATCH_SIZE)
         self._logging = (trial.trial_id, run)
-        metrics = {k: run.history[k][-1] for k in ("val_accuracy", "val_loss")}
+        metrics = {k: run.history[k][-1] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
         self._outcome[trial.trial_id] = (config, start, metrics)
         return metrics
 
@@ -169,7 +192,7 @@ class SweepTuner(keras_tuner.Tuner):
         self._logging = None
         try:
             run.wait()
-        except RuntimeError as e:
+        except LoggingFailed as e:
             self.unlogged.append(trial_id)
             self.progress.say(f"trial {trial_id}: {e}; it runs again when the sweep is "
                               "resumed")
@@ -180,8 +203,8 @@ class SweepTuner(keras_tuner.Tuner):
         Trials are logged in the background, so a process that died may have left a
         trial complete in Keras Tuner's state but not in MLflow.
         """
-        logged = {r.data.tags["trial_id"] for r in tracking.trial_runs(
-            mlflow.MlflowClient(), self.parent.run_id, status="FINISHED")}
+        logged = {r.data.tags[names.TRIAL_ID]
+                  for r in runs.trial_runs(self.parent.run_id, status="FINISHED")}
         missing = [t for t, trial in self.oracle.trials.items()
                    if trial.status == "COMPLETED" and t not in logged]
         if missing:
@@ -198,7 +221,7 @@ class SweepTuner(keras_tuner.Tuner):
             initial_epoch=config.initial_epoch,
             validation_data=(arrays["x_val"], arrays["y_val"]),
             validation_batch_size=EVAL_BATCH_SIZE,
-            callbacks=[tracking.EpochLogger(run), keras.callbacks.TerminateOnNaN()],
+            callbacks=[trial_run.EpochLogger(run), keras.callbacks.TerminateOnNaN()],
             verbose=self.verbose,
         )
 
@@ -212,12 +235,10 @@ class SweepTuner(keras_tuner.Tuner):
         values = trial.hyperparameters.values
         if "tuner/trial_id" in values:  # Hyperband: continue an earlier trial's model.
             self.wait_for_logging()
-            earlier = tracking.trial_runs(mlflow.MlflowClient(), self.parent.run_id,
-                                          status="FINISHED", trial_id=values["tuner/trial_id"])
+            earlier = runs.finished_run_of(self.parent.run_id, values["tuner/trial_id"])
             if earlier:
-                return mlflow.keras.load_model(
-                    f"runs:/{earlier[0].info.run_id}/{tracking.MODEL_NAME}",
-                    load_model_kwargs={"safe_mode": True})
+                return mlflow.keras.load_model(f"runs:/{earlier}/{names.MODEL}",
+                                               load_model_kwargs={"safe_mode": True})
         return self.hypermodel.build(trial.hyperparameters)
 
     def on_trial_end(self, trial):
@@ -229,7 +250,7 @@ class SweepTuner(keras_tuner.Tuner):
                                 metrics, failure)
         best = self.best_trial()
         if best is not None:
-            tracking.record_best(self.parent, *best)
+            runs.record_best(self.parent, *best)
 
     def best_trial(self):
         """Returns (trial_id, val_accuracy, run_id) of the best completed trial, or None."""
@@ -237,10 +258,8 @@ class SweepTuner(keras_tuner.Tuner):
         if not best or best[0].status != "COMPLETED" or best[0].score is None:
             return None
         trial = best[0]
-        runs = tracking.trial_runs(mlflow.MlflowClient(), self.parent.run_id,
-                                   status="FINISHED", trial_id=trial.trial_id)
-        return (trial.trial_id, trial.metrics.get_last_value("val_accuracy"),
-                runs[0].info.run_id if runs else None)
+        return (trial.trial_id, trial.metrics.get_last_value(names.VAL_ACCURACY),
+                runs.finished_run_of(self.parent.run_id, trial.trial_id))
 
 
 def trial_seed(seed, trial_id):
@@ -249,7 +268,7 @@ def trial_seed(seed, trial_id):
 
 
 def _fail_on_nan(run):
-    losses = run.history["loss"]
+    losses = run.history[names.LOSS]
     if losses and not np.isfinite(losses[-1]):
         raise keras_tuner.errors.FailedTrialError(
             f"loss became NaN in epoch {run.epochs[-1]} (training diverged)")

@@ -1,0 +1,134 @@
+"""The exercise's questions answered from loaded `Sweep`s, each answer with its run.
+
+`answer()` returns plain JSON-serialisable data (`report.json` holds it as written);
+its keys are the report's own and stay put if an MLflow name changes.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from scipy import stats
+
+from pipeline.spec import EXERCISE
+from pipeline.tracking import names
+
+PART_ONE = ("part1-wide", "part1-narrow")
+PART_TWO = ("part2-narrow", "part2-medium", "part2-wide")
+CHANCE = 0.2  # "Did any beat 20% accuracy?"
+TARGET = 0.92  # Part Three: better than 92% on validation and test.
+# A Spearman correlation counts as "clear" when it is both significant and strong.
+CLEAR_P, CLEAR_RHO = 0.05, 0.5
+
+
+def answer(sweeps):
+    """Computes every answer of the exercise from the loaded sweeps.
+
+    Returns:
+        A JSON-serialisable dict; `report.json` holds it as written.
+    """
+    answers = {"missing": [name for name in EXERCISE if name not in sweeps]}
+    answers["part1"] = {name: _part_one(sweeps[name].best) for name in PART_ONE
+                        if name in sweeps}
+    answers["part2"] = {name: _band(sweeps[name]) for name in PART_TWO if name in sweeps}
+    answers["activation"] = _activations(sweeps.get("activation"))
+    answers["gradients"] = _gradient_ratios(sweeps)
+    answers["correlation"] = _correlation(
+        [t for name in PART_ONE + PART_TWO if name in sweeps for t in sweeps[name].trials])
+    answers["part3"] = _part_three(sweeps)
+    return answers
+
+
+def _model(trial):
+    m = trial.metrics
+    return {
+        "run_id": trial.run_id, "sweep": trial.sweep, "trial_id": trial.trial_id,
+        "architecture": trial.label, "hidden_layers": trial.hidden_layers,
+        "units": trial.params[names.UNITS],
+        "trainable_params": int(m[names.TRAINABLE_PARAMS]), "weights": int(m[names.WEIGHTS]),
+        "biases": int(m[names.BIASES]), "epochs": int(trial.params[names.EPOCHS]),
+        "accuracy": m[names.ACCURACY], "val_accuracy": m[names.VAL_ACCURACY],
+        "test_accuracy": m[names.TEST_ACCURACY],
+    }
+
+
+def _part_one(best):
+    model = _model(best)
+    model.update({
+        "val_accuracy_epoch_10": best.at_step(names.VAL_ACCURACY, 10),
+        "train_val_gap": model["accuracy"] - model["val_accuracy"],
+        "test_val_gap": model["test_accuracy"] - model["val_accuracy"],
+        "median_epoch_seconds": statistics.median(
+            v for _, v in best.history(names.EPOCH_SECONDS)),
+        "best_epoch": best.best_epoch(),
+    })
+    return model
+
+
+def _band(sweep):
+    trials = sorted(sweep.trials, key=lambda t: t.metrics[names.TRAINABLE_PARAMS])
+    return {
+        "best": _model(sweep.best),
+        "best_test_accuracy": max(t.metrics[names.TEST_ACCURACY] for t in trials),
+        "beat_chance": any(
+            max(t.metrics[names.VAL_ACCURACY], t.metrics[names.TEST_ACCURACY]) > CHANCE
+            for t in trials),
+        "trials": [_model(t) for t in trials],
+    }
+
+
+def _activations(sweep):
+    if sweep is None:
+        return None
+    best = {}
+    for trial in sweep.trials:
+        name = trial.params[names.ACTIVATION]
+        if (name not in best or trial.metrics[names.VAL_ACCURACY]
+                > best[name].metrics[names.VAL_ACCURACY]):
+            best[name] = trial
+    return {name: _model(trial) for name, trial in sorted(best.items())}
+
+
+def _gradient_ratios(sweeps):
+    """First hidden layer's gradient over the output layer's, after epoch 1."""
+    ratios = {}
+    for name in PART_ONE + PART_TWO:
+        if name in sweeps:
+            grads = sweeps[name].best.gradients(step=1)
+            if len(grads) >= 2 and grads[-1] > 0:
+                ratios[name] = {"run_id": sweeps[name].best.run_id,
+                                "first": grads[0], "output": grads[-1],
+                                "ratio": grads[0] / grads[-1]}
+    return ratios
+
+
+def _correlation(trials):
+    points = [(t.metrics[names.TRAINABLE_PARAMS], t.metrics[names.TEST_ACCURACY])
+              for t in trials]
+    if len(points) < 3 or len({p for p, _ in points}) < 2:
+        return {"n": len(points), "rho": None, "p_value": None, "clear": False}
+    rho, p_value = stats.spearmanr(*zip(*points, strict=True))
+    rho, p_value = float(rho), float(p_value)
+    clear = not math.isnan(rho) and p_value < CLEAR_P and abs(rho) >= CLEAR_RHO
+    return {"n": len(points), "rho": rho, "p_value": p_value, "clear": clear}
+
+
+def _part_three(sweeps):
+    if "part3" not in sweeps:
+        return None
+    deep = [t for t in sweeps["part3"].trials if t.hidden_layers >= 3]
+    best = max(deep, key=lambda t: t.metrics[names.VAL_ACCURACY])
+    model = _model(best)
+    model["best_epoch"] = best.best_epoch()
+    model["beats_target"] = {"validation": model["val_accuracy"] > TARGET,
+                             "test": model["test_accuracy"] > TARGET}
+    contenders = {"part3": best, **{n: sweeps[n].best for n in PART_ONE if n in sweeps}}
+    model["comparison"] = {
+        name: {"run_id": t.run_id, "architecture": t.label,
+               "test_accuracy": t.metrics[names.TEST_ACCURACY], "best_epoch": t.best_epoch(),
+               "epochs": int(t.params[names.EPOCHS])}
+        for name, t in contenders.items()}
+    model["best_of_parts_one_and_three"] = max(
+        model["comparison"], key=lambda n: model["comparison"][n]["test_accuracy"])
+    return model

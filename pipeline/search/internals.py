@@ -1,0 +1,114 @@
+"""Keras Tuner's private internals: every one this project relies on, in one place.
+
+Checked against keras-tuner 1.4.8 (`CHECKED_VERSION`). `tests/test_internals.py`
+fails when the installed version differs or when a listed name is gone, so an
+upgrade is a deliberate act: re-read each use below against the new source, then
+move `CHECKED_VERSION` (and the pin in pyproject.toml and conda.yaml).
+
+Relied on (`MODULE_NAMES`, `CLASS_NAMES`, `ORACLE_STATE`):
+
+- `keras_tuner.src.protos`: `get_service()`, `get_service_grpc()`: the oracle's
+  gRPC messages, stub and servicer base; the heartbeat and the chief's server.
+- `keras_tuner.src.distribute.oracle_chief`: `OracleServicer` (subclassed to note
+  each worker's last call and to answer IDLE), `exit_chief(oracle)`.
+- `keras_tuner.src.distribute.oracle_client`: `TIMEOUT`, the seconds every call
+  of a worker's client waits (an hour by default; `--chief-timeout` sets it).
+- `keras_tuner.src.distribute.utils`: `has_chief_oracle()`, `is_chief_oracle()`.
+- `Oracle` methods overridden or called: `_duplicate(values)` (flags infeasible
+  draws), `_random_values()` (a fresh feasible draw), `_check_consecutive_failures()`
+  (turned into `SweepStopped`), `_save_trial(trial)`;
+  `GridSearchOracle._get_next_combination(values)` (steps over infeasible points).
+- `Oracle` state: `_retry_queue` (trial ids to hand out again), `end_order`,
+  `_max_collisions` (draws rejected before the space counts as spent),
+  `tuner_ids`, `ongoing_trials` (tuner id -> trial), `trials`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import keras_tuner
+from keras_tuner.src import protos
+from keras_tuner.src.distribute import oracle_chief, oracle_client
+from keras_tuner.src.distribute import utils as dist_utils
+
+CHECKED_VERSION = "1.4.8"
+
+MODULE_NAMES = {
+    "keras_tuner.src.protos": ("get_service", "get_service_grpc"),
+    "keras_tuner.src.distribute.oracle_chief": ("OracleServicer", "exit_chief"),
+    "keras_tuner.src.distribute.oracle_client": ("TIMEOUT",),
+    "keras_tuner.src.distribute.utils": ("has_chief_oracle", "is_chief_oracle"),
+}
+CLASS_NAMES = {
+    keras_tuner.Oracle: ("_duplicate", "_random_values", "_check_consecutive_failures",
+                         "_save_trial"),
+    keras_tuner.oracles.GridSearchOracle: ("_get_next_combination",),
+    oracle_chief.OracleServicer: ("GetSpace", "CreateTrial"),
+}
+ORACLE_STATE = ("_retry_queue", "end_order", "_max_collisions", "tuner_ids",
+                "ongoing_trials", "trials")
+
+OracleServicer = oracle_chief.OracleServicer
+
+
+def missing_names(oracle=None):
+    """The listed names that this keras-tuner lacks (empty when all are there).
+
+    Args:
+        oracle: an oracle instance, to check its state attributes too.
+    """
+    missing = []
+    for module_name, attributes in MODULE_NAMES.items():
+        module = importlib.import_module(module_name)
+        missing += [f"{module_name}.{a}" for a in attributes if not hasattr(module, a)]
+    for cls, attributes in CLASS_NAMES.items():
+        missing += [f"{cls.__name__}.{a}" for a in attributes if not hasattr(cls, a)]
+    if oracle is not None:
+        missing += [f"oracle.{a}" for a in ORACLE_STATE if not hasattr(oracle, a)]
+    return missing
+
+
+# -- gRPC -----------------------------------------------------------------------
+
+def service():
+    """The oracle service's message classes (`GetSpaceRequest`, ...)."""
+    return protos.get_service()
+
+
+def service_grpc():
+    """The oracle service's stub and servicer registration."""
+    return protos.get_service_grpc()
+
+
+def set_client_timeout(seconds):
+    """How long a worker's calls to the chief wait before they fail."""
+    oracle_client.TIMEOUT = seconds
+
+
+def has_chief():
+    return dist_utils.has_chief_oracle()
+
+
+def is_chief():
+    return dist_utils.is_chief_oracle()
+
+
+def chief_may_exit(oracle):
+    """Keras Tuner's rule: no trial running and no worker left."""
+    return oracle_chief.exit_chief(oracle)
+
+
+# -- Oracle state ----------------------------------------------------------------
+
+def set_max_collisions(oracle, count):
+    oracle._max_collisions = count
+
+
+def retry_queue(oracle):
+    """The trial ids the oracle hands out again before drawing new ones (a list)."""
+    return oracle._retry_queue
+
+
+def save_trial(oracle, trial):
+    oracle._save_trial(trial)

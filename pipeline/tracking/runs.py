@@ -1,0 +1,240 @@
+"""The sweep's runs: the parent's life (open, resume, supersede, close), queries of
+its trial runs, and ending runs that a dead process left RUNNING.
+
+The parent's id is kept in the sweep's Keras Tuner project directory
+(`names.PARENT_FILE`), so running the same sweep again continues the same parent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import ParentNotFound
+from pipeline.tracking import names
+
+
+@dataclass
+class Parent:
+    """The sweep's parent run."""
+
+    run_id: str
+    experiment_id: str
+    resumed: bool = False
+
+
+def experiment_id(name):
+    """Returns the id of experiment `name`, creating it if needed."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=None):
+    """Starts the sweep's parent run, or continues it when the sweep is resumed.
+
+    Args:
+        spec: the sweep `Spec`.
+        experiment: the experiment's name.
+        project_dir: the Keras Tuner project directory of this sweep.
+        launcher_run_id: the run `mlflow run` made for this command, if any. A fresh
+            launcher run in the same experiment becomes the parent; otherwise it is
+            tagged with a pointer to the parent.
+        nest_under: a run to nest the parent under (the `exercise` command's run).
+
+    Returns:
+        A `Parent`.
+    """
+    client = MlflowClient()
+    exp_id = experiment_id(experiment)
+    state = Path(project_dir) / names.PARENT_FILE
+    parent = _reopen(client, project_dir)
+    if parent is None:
+        parent = Parent(_new_parent_run(client, spec, exp_id, Path(project_dir).name,
+                                        launcher_run_id, nest_under), exp_id)
+        client.log_artifact(parent.run_id, spec.path)
+        state.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"parent_run_id": parent.run_id}))
+        tmp.replace(state)
+    if launcher_run_id and launcher_run_id != parent.run_id:
+        point_to(launcher_run_id, names.SWEEP_RUN_ID, parent.run_id)
+    client.log_batch(parent.run_id, tags=_tags({
+        names.SWEEP: spec.name,
+        names.SWEEP_KEY: Path(project_dir).name,
+        names.PART: spec.part if spec.part is not None else "",
+        names.ALGORITHM: spec.tuner.algorithm,
+        names.OBJECTIVE: spec.tuner.objective,
+        names.MAX_TRIALS: spec.tuner.max_trials,
+        names.EPOCHS: spec.training.epochs,
+        names.SEED: spec.tuner.seed,
+    }))
+    return parent
+
+
+def existing_parent(project_dir):
+    """The parent run recorded in `project_dir`, if it is still in the store."""
+    state = Path(project_dir) / names.PARENT_FILE
+    if not state.exists():
+        return None
+    run_id = json.loads(state.read_text())["parent_run_id"]
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        return None  # Deleted from this store: a new parent will be started.
+    if run.info.lifecycle_stage != "active":
+        return None
+    return Parent(run_id, run.info.experiment_id, resumed=True)
+
+
+def find_parent(experiment, sweep_key, wait_seconds=300):
+    """A worker's view of its sweep's parent run, which the chief opened.
+
+    Waits up to `wait_seconds` for the chief to open (or reopen) it.
+
+    Raises:
+        ParentNotFound: if no running parent run with this `sweep_key` appears.
+    """
+    client = MlflowClient()
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is not None:
+            runs = client.search_runs(
+                [exp.experiment_id],
+                f"tags.{names.SWEEP_KEY} = '{sweep_key}' and attributes.status = 'RUNNING'",
+                order_by=["attributes.start_time DESC"], max_results=1)
+            if runs:
+                return Parent(runs[0].info.run_id, exp.experiment_id)
+        if time.monotonic() > deadline:
+            raise ParentNotFound(f"no running parent run for sweep {sweep_key} in experiment "
+                                 f"{experiment!r}: is the chief running with the same spec, "
+                                 "data and tracking URI?")
+        time.sleep(2)
+
+
+def end_parent(parent, status, best=None):
+    """Records the best trial on the parent and ends it with `status`."""
+    if best is not None:
+        record_best(parent, *best)
+    MlflowClient().set_terminated(parent.run_id, status)
+
+
+def record_best(parent, trial_id, score, run_id=None):
+    """Tags the parent with its best trial so far and logs `best_val_accuracy`."""
+    tags = {names.BEST_TRIAL: trial_id}
+    if run_id:
+        tags[names.BEST_RUN_ID] = run_id
+    MlflowClient().log_batch(parent.run_id, tags=_tags(tags), metrics=[
+        Metric(names.BEST_VAL_ACCURACY, float(score), int(time.time() * 1000), 0)])
+
+
+def point_to(launcher_run_id, key, parent_run_id):
+    """Tags the `mlflow run` launcher run with where the sweep was logged."""
+    MlflowClient().set_tag(launcher_run_id, key, parent_run_id)
+
+
+def umbrella_run(experiment, launcher_run_id):
+    """The `mlflow run` launcher run, if it can hold sweeps nested under it."""
+    if not launcher_run_id:
+        return None
+    client = MlflowClient()
+    if client.get_run(launcher_run_id).info.experiment_id != experiment_id(experiment):
+        return None
+    client.update_run(launcher_run_id, name="exercise")
+    return launcher_run_id
+
+
+def trial_runs(parent_run_id, status=None, trial_id=None):
+    """The child runs of a sweep, optionally filtered by status and trial id."""
+    client = MlflowClient()
+    query = f"tags.{names.PARENT_RUN} = '{parent_run_id}' and tags.{names.TRIAL_ID} != ''"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    if trial_id is not None:
+        query += f" and tags.{names.TRIAL_ID} = '{trial_id}'"
+    run = client.get_run(parent_run_id)
+    return client.search_runs([run.info.experiment_id], query, max_results=5000)
+
+
+def finished_run_of(parent_run_id, trial_id):
+    """The id of a trial's FINISHED run, or None."""
+    runs = trial_runs(parent_run_id, status="FINISHED", trial_id=trial_id)
+    return runs[0].info.run_id if runs else None
+
+
+def earlier_attempts(parent, trial_id, objective):
+    """Settles the earlier runs of a trial that is about to start (again).
+
+    A run left RUNNING by a process that died ends KILLED. A FINISHED run means
+    the trial is done (its process died between closing the run and Keras Tuner
+    recording the trial): it must not be trained or logged twice.
+
+    Returns:
+        (run_id, metrics) of the FINISHED run, or None.
+    """
+    client = MlflowClient()
+    done = None
+    for run in trial_runs(parent.run_id, trial_id=trial_id):
+        if run.info.status == "RUNNING":
+            end_left_over(client, run.info.run_id, "KILLED",
+                          "interrupted: its process ended; the trial was started again")
+        elif run.info.status == "FINISHED" and objective in run.data.metrics:
+            done = run.info.run_id, dict(run.data.metrics)
+    return done
+
+
+def fail_trial_runs(parent_run_id, trial_id, reason):
+    """Ends a trial's runs that are still RUNNING as FAILED (their worker was lost)."""
+    client = MlflowClient()
+    for run in trial_runs(parent_run_id, status="RUNNING", trial_id=trial_id):
+        end_left_over(client, run.info.run_id, "FAILED", reason)
+
+
+def mark_interrupted(client, parent_run_id):
+    """Ends trial runs left RUNNING under `parent_run_id` (their process died) as KILLED."""
+    for run in trial_runs(parent_run_id, status="RUNNING"):
+        end_left_over(client, run.info.run_id, "KILLED",
+                      "interrupted: the process running this trial ended")
+
+
+def end_left_over(client, run_id, status, reason):
+    """Ends a run its own process can no longer end, saying why (`failure_reason`)."""
+    client.set_tag(run_id, names.FAILURE_REASON, reason)
+    client.set_terminated(run_id, status)
+
+
+def _reopen(client, project_dir):
+    parent = existing_parent(project_dir)
+    if parent is not None:
+        client.update_run(parent.run_id, status="RUNNING")
+        mark_interrupted(client, parent.run_id)
+    return parent
+
+
+def _new_parent_run(client, spec, exp_id, key, launcher_run_id, nest_under):
+    # An earlier parent of the same sweep left RUNNING (its state was overwritten or
+    # lost) must not be found by this sweep's workers.
+    stale = client.search_runs([exp_id], f"tags.{names.SWEEP_KEY} = '{key}' and "
+                                         "attributes.status = 'RUNNING'")
+    for run in stale:
+        end_left_over(client, run.info.run_id, "KILLED", "superseded by a new sweep")
+    if launcher_run_id:
+        launcher = client.get_run(launcher_run_id)
+        if launcher.info.experiment_id == exp_id and names.SWEEP not in launcher.data.tags:
+            client.update_run(launcher_run_id, name=spec.name)
+            return launcher_run_id
+    tags = {names.PARENT_RUN: nest_under} if nest_under else {}
+    return client.create_run(exp_id, run_name=spec.name, tags=tags).info.run_id
+
+
+def _tags(mapping):
+    return [RunTag(k, str(v)) for k, v in mapping.items()]

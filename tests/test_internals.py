@@ -1,0 +1,38 @@
+"""Keras Tuner's private internals that the search relies on are still there.
+
+An upgrade of keras-tuner fails here first: re-check each name listed in
+`pipeline/search/internals.py` against the new source, then move its
+`CHECKED_VERSION`.
+"""
+
+import keras_tuner
+
+from pipeline import space, specfile
+from pipeline.search import internals
+from pipeline.search.oracles import make_oracle
+
+
+def test_installed_keras_tuner_is_the_checked_version():
+    assert keras_tuner.__version__ == internals.CHECKED_VERSION, (
+        f"keras-tuner {keras_tuner.__version__} is installed, but the private names in "
+        f"pipeline/search/internals.py were checked against {internals.CHECKED_VERSION}")
+
+
+def test_every_listed_private_name_exists():
+    spec = specfile.load("part1-narrow")
+    oracle = make_oracle(spec, space.build(spec))
+    assert internals.missing_names(oracle) == []
+
+
+def test_a_missing_name_is_reported(monkeypatch):
+    monkeypatch.delattr(keras_tuner.Oracle, "_duplicate")
+    assert "Oracle._duplicate" in internals.missing_names()
+
+
+def test_oracle_state_helpers_reach_the_real_state():
+    spec = specfile.load("part1-narrow")
+    oracle = make_oracle(spec, space.build(spec))
+    internals.retry_queue(oracle).append("7")
+    assert oracle._retry_queue == ["7"]
+    internals.set_max_collisions(oracle, 5)
+    assert oracle._max_collisions == 5
