@@ -8,6 +8,7 @@ import pytest
 from pipeline import space as space_module
 from pipeline import specfile as spec_module
 from pipeline.search.oracles import make_oracle
+from pipeline.tracking import names
 
 SPEC = """\
 name: constrained
@@ -46,7 +47,7 @@ def drive(tmp_path, algorithm, max_trials, learning_rate="[0.01, 0.1]", extra=""
         assert trial.status == "RUNNING"
         config = space.config(trial.hyperparameters.values)
         configs.append((config, space.violation(config)))
-        oracle.update_trial(trial.trial_id, {"val_accuracy": scores.random()})
+        oracle.update_trial(trial.trial_id, {names.VAL_ACCURACY: scores.random()})
         trial.status = "COMPLETED"
         oracle.end_trial(trial)
     return configs
@@ -92,7 +93,7 @@ def test_small_feasible_space_is_exhausted_not_padded(tmp_path):
     widths = []
     while (trial := oracle.create_trial("tuner0")).status == "RUNNING":
         widths.append(trial.hyperparameters.values["units_0"])
-        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5})
+        oracle.update_trial(trial.trial_id, {names.VAL_ACCURACY: 0.5})
         trial.status = "COMPLETED"
         oracle.end_trial(trial)
     assert sorted(widths) == [99, 100]  # 795 * u + 10 in range only for these

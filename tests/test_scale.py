@@ -9,6 +9,8 @@ import mlflow
 import pytest
 from servers import SweepProcess, free_port, wait_for
 
+from pipeline.tracking import names
+
 pytestmark = pytest.mark.slow
 
 EPOCHS = 3
@@ -23,13 +25,13 @@ def sweep_args(mnist_path, trials, *extra, spec="part1-narrow", epochs=EPOCHS):
 
 
 def runs(client, kind="trial"):
-    experiment = client.get_experiment_by_name("mnist-sweeps")
+    experiment = client.get_experiment_by_name(names.DEFAULT_EXPERIMENT)
     if experiment is None:
         return []
-    found = client.search_runs([experiment.experiment_id], "tags.sweep != ''")
+    found = client.search_runs([experiment.experiment_id], f"tags.{names.SWEEP} != ''")
     if kind == "parent":
-        return [r for r in found if "trial_id" not in r.data.tags]
-    return [r for r in found if "trial_id" in r.data.tags]
+        return [r for r in found if names.TRIAL_ID not in r.data.tags]
+    return [r for r in found if names.TRIAL_ID in r.data.tags]
 
 
 def mid_trial(client, epochs=LONG_EPOCHS):
@@ -39,8 +41,8 @@ def mid_trial(client, epochs=LONG_EPOCHS):
     training: that one is not mid-trial.
     """
     for run in runs(client):
-        if run.info.status == "RUNNING" and "loss" in run.data.metrics:
-            if len(client.get_metric_history(run.info.run_id, "loss")) < epochs:
+        if run.info.status == "RUNNING" and names.LOSS in run.data.metrics:
+            if len(client.get_metric_history(run.info.run_id, names.LOSS)) < epochs:
                 return run
     return None
 
@@ -52,12 +54,12 @@ def check_complete(client, trials, epochs=EPOCHS):
     children = runs(client)
     assert not [r for r in children if r.info.status == "RUNNING"]
     finished = [r for r in children if r.info.status == "FINISHED"]
-    assert sorted(r.data.tags["trial_id"] for r in finished) == [str(i) for i in range(trials)]
+    assert sorted(r.data.tags[names.TRIAL_ID] for r in finished) == [str(i) for i in range(trials)]
     for run in finished:
-        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert run.data.tags[names.PARENT_RUN] == parents[0].info.run_id
+        history = client.get_metric_history(run.info.run_id, names.VAL_ACCURACY)
         assert [m.step for m in history] == list(range(1, epochs + 1))
-        assert "test_accuracy" in run.data.metrics
+        assert names.TEST_ACCURACY in run.data.metrics
     return parents[0], finished
 
 
@@ -67,13 +69,13 @@ def test_chief_and_two_workers_log_one_sweep(tracking_server, client, workdir, m
     assert sweep.wait() == 0, sweep.text
     parent, finished = check_complete(client, 4)
     assert len(runs(client)) == 4  # No duplicates, no failed attempts.
-    assert {r.data.tags["worker"] for r in finished} == {"worker0", "worker1"}
+    assert {r.data.tags[names.WORKER] for r in finished} == {"worker0", "worker1"}
     assert "serving the oracle to workers" in sweep.text
     # Every trial's model is in the server's artifact store and loads in safe mode.
-    model = mlflow.keras.load_model(f"runs:/{finished[0].info.run_id}/model",
+    model = mlflow.keras.load_model(f"runs:/{finished[0].info.run_id}/{names.MODEL}",
                                     load_model_kwargs={"safe_mode": True})
     accuracy = model.evaluate(small_mnist.x_test, small_mnist.y_test, verbose=0)[1]
-    assert accuracy == pytest.approx(finished[0].data.metrics["test_accuracy"], abs=1e-6)
+    assert accuracy == pytest.approx(finished[0].data.metrics[names.TEST_ACCURACY], abs=1e-6)
 
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["single-process", "distributed"])
@@ -84,7 +86,7 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_duplicates(
     wait_for(lambda: len([r for r in runs(client) if r.info.status == "FINISHED"]) >= 1
              and mid_trial(client), 300, "a finished trial and another mid-trial")
     first.kill()  # SIGKILL to every process of the sweep: nothing can clean up.
-    before = {r.data.tags["trial_id"]: r.info.run_id for r in runs(client)
+    before = {r.data.tags[names.TRIAL_ID]: r.info.run_id for r in runs(client)
               if r.info.status == "FINISHED"}
     interrupted = {r.info.run_id for r in runs(client) if r.info.status == "RUNNING"}
     assert interrupted
@@ -94,12 +96,12 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_duplicates(
     parent, finished = check_complete(client, 4, LONG_EPOCHS)
     assert "resuming" in second.text
     # Finished trials were not run again: the same runs still hold them.
-    assert {t: r.info.run_id for t, r in ((r.data.tags["trial_id"], r) for r in finished)
+    assert {t: r.info.run_id for t, r in ((r.data.tags[names.TRIAL_ID], r) for r in finished)
             if t in before} == before
     for run_id in interrupted:
         run = client.get_run(run_id)
         assert run.info.status == "KILLED"
-        assert "interrupted" in run.data.tags["failure_reason"]
+        assert "interrupted" in run.data.tags[names.FAILURE_REASON]
 
 
 def test_sigterm_ends_the_trial_run_and_exits_non_zero(tracking_server, client, workdir,
@@ -125,7 +127,7 @@ def test_dead_worker_trial_is_reissued_and_the_sweep_finishes(tracking_server, c
     sweep = SweepProcess(sweep_args(mnist_path, 4, "--workers", "2", "--worker-timeout",
                                     "5", epochs=LONG_EPOCHS), workdir)
     victim = wait_for(lambda: mid_trial(client), 300, "a trial mid-way")
-    worker = victim.data.tags["worker"]
+    worker = victim.data.tags[names.WORKER]
     pids = subprocess.run(["pgrep", "-f", "--", f"--worker-id {worker}"],
                           capture_output=True, text=True).stdout.split()
     assert pids, f"no process for {worker}"
@@ -136,7 +138,7 @@ def test_dead_worker_trial_is_reissued_and_the_sweep_finishes(tracking_server, c
     lost = client.get_run(victim.info.run_id)
     assert lost.info.status == "FAILED"
     assert f"worker {worker} stopped answering; trial re-issued" in lost.data.tags[
-        "failure_reason"]
+        names.FAILURE_REASON]
 
 
 def test_tracking_server_restart_loses_no_finished_metrics(tracking_server, client,

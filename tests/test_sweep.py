@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from pipeline.cli import cli
+from pipeline.tracking import names
 
 pytestmark = pytest.mark.slow
 
 SMALL = ["--train-limit", "1000", "--epochs", "2"]
-EPOCH_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"}
+EPOCH_METRICS = {*names.EPOCH_METRICS, names.EPOCH_SECONDS}
 
 
 def sweep(runner, mnist_path, spec, *args):
@@ -19,10 +20,10 @@ def sweep(runner, mnist_path, spec, *args):
 
 
 def runs_of(client, sweep_name):
-    experiment = client.get_experiment_by_name("mnist-sweeps")
-    runs = client.search_runs([experiment.experiment_id], f"tags.sweep = '{sweep_name}'")
-    parents = [r for r in runs if "trial_id" not in r.data.tags]
-    children = [r for r in runs if "trial_id" in r.data.tags]
+    experiment = client.get_experiment_by_name(names.DEFAULT_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], f"tags.{names.SWEEP} = '{sweep_name}'")
+    parents = [r for r in runs if names.TRIAL_ID not in r.data.tags]
+    children = [r for r in runs if names.TRIAL_ID in r.data.tags]
     return parents, children
 
 
@@ -35,41 +36,40 @@ def test_sweep_logs_every_name_of_the_contract(runner, client, mnist_path, small
     parent = parents[0]
     assert parent.info.run_name == "part1-narrow"
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["part"] == "1"
+    assert parent.data.tags[names.PART] == "1"
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["part1-narrow.yaml"]
 
     for child in children:
         assert child.info.status == "FINISHED"
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.data.tags["sweep"] == "part1-narrow"
+        assert child.data.tags[names.PARENT_RUN] == parent.info.run_id
+        assert child.data.tags[names.SWEEP] == "part1-narrow"
         params = child.data.params
-        assert set(params) == {"hidden_layers", "units", "activation", "optimizer",
-                               "learning_rate", "momentum", "batch_size", "epochs", "loss"}
-        assert params["activation"] == "sigmoid" and params["optimizer"] == "SGD"
-        assert params["epochs"] == "2" and params["hidden_layers"] == "1"
-        units = int(params["units"])
+        assert set(params) == set(names.TRIAL_PARAMS)
+        assert params[names.ACTIVATION] == "sigmoid" and params[names.OPTIMIZER] == "SGD"
+        assert params[names.EPOCHS] == "2" and params[names.HIDDEN_LAYERS] == "1"
+        units = int(params[names.UNITS])
         metrics = child.data.metrics
-        assert metrics["trainable_params"] == 795 * units + 10 < 50_000
-        assert metrics["weights"] == 794 * units and metrics["biases"] == units + 10
-        for name in EPOCH_METRICS | {"grad_mean_abs_layer_0", "grad_mean_abs_layer_1"}:
+        assert metrics[names.TRAINABLE_PARAMS] == 795 * units + 10 < 50_000
+        assert metrics[names.WEIGHTS] == 794 * units and metrics[names.BIASES] == units + 10
+        for name in EPOCH_METRICS | {names.gradient(0), names.gradient(1)}:
             history = client.get_metric_history(child.info.run_id, name)
             assert [m.step for m in history] == [1, 2], name
-        assert 0 < metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
-        assert "curves.png" in [a.path for a in client.list_artifacts(child.info.run_id)]
+        assert 0 < metrics[names.TEST_ACCURACY] <= 1 and metrics[names.TEST_LOSS] > 0
+        assert names.CURVES in [a.path for a in client.list_artifacts(child.info.run_id)]
 
     # The parent points at its best trial by validation accuracy.
-    best = max(children, key=lambda r: r.data.metrics["val_accuracy"])
-    assert parent.data.tags["best_trial"] == best.data.tags["trial_id"]
-    assert parent.data.tags["best_run_id"] == best.info.run_id
-    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(
-        best.data.metrics["val_accuracy"])
+    best = max(children, key=lambda r: r.data.metrics[names.VAL_ACCURACY])
+    assert parent.data.tags[names.BEST_TRIAL] == best.data.tags[names.TRIAL_ID]
+    assert parent.data.tags[names.BEST_RUN_ID] == best.info.run_id
+    assert parent.data.metrics[names.BEST_VAL_ACCURACY] == pytest.approx(
+        best.data.metrics[names.VAL_ACCURACY])
 
     # The logged model reloads through the Keras flavor and reproduces test_accuracy.
-    model = mlflow.keras.load_model(f"runs:/{best.info.run_id}/model")
+    model = mlflow.keras.load_model(f"runs:/{best.info.run_id}/{names.MODEL}")
     predictions = model.predict(small_mnist.x_test, verbose=0)
     accuracy = np.mean(predictions.argmax(1) == small_mnist.y_test.argmax(1))
-    assert accuracy == pytest.approx(best.data.metrics["test_accuracy"], abs=1e-6)
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{best.info.run_id}/model")
+    assert accuracy == pytest.approx(best.data.metrics[names.TEST_ACCURACY], abs=1e-6)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{best.info.run_id}/{names.MODEL}")
     (spec,) = pyfunc.metadata.signature.inputs.inputs
     assert (spec.name, spec.type, spec.shape) == ("pixels", np.dtype("float32"), (-1, 784))
 
@@ -79,12 +79,12 @@ def test_deep_sweep_logs_only_active_layers(runner, client, mnist_path):
     _, children = runs_of(client, "part2-narrow")
     assert len(children) == 3
     for child in children:
-        layers = int(child.data.params["hidden_layers"])
-        units = [int(u) for u in child.data.params["units"].split(",")]
+        layers = int(child.data.params[names.HIDDEN_LAYERS])
+        units = [int(u) for u in child.data.params[names.UNITS].split(",")]
         assert 10 <= layers <= 12 and len(units) == layers
         assert all(1 <= u <= 9 for u in units)
         assert not any(k.startswith("units_") for k in child.data.params)
-        assert {f"grad_mean_abs_layer_{i}" for i in range(layers + 1)} <= set(
+        assert {names.gradient(i) for i in range(layers + 1)} <= set(
             child.data.metrics)
 
 
@@ -96,10 +96,10 @@ def test_same_seed_same_configurations_and_metrics(runner, client, mnist_path):
 
     def outcome(name):
         experiment = client.get_experiment_by_name(name)
-        runs = client.search_runs([experiment.experiment_id], "tags.trial_id != ''",
-                                  order_by=["tags.trial_id"])
-        return [(r.data.params["units"], round(r.data.metrics["val_accuracy"], 6),
-                 round(r.data.metrics["loss"], 5)) for r in runs]
+        runs = client.search_runs([experiment.experiment_id], f"tags.{names.TRIAL_ID} != ''",
+                                  order_by=[f"tags.{names.TRIAL_ID}"])
+        return [(r.data.params[names.UNITS], round(r.data.metrics[names.VAL_ACCURACY], 6),
+                 round(r.data.metrics[names.LOSS], 5)) for r in runs]
 
     assert outcome("first") == outcome("second")
     assert len(outcome("first")) == 2
@@ -113,7 +113,7 @@ def test_rerun_resumes_the_same_parent_and_trains_nothing_twice(runner, client, 
     assert "resuming" in more.output and "trial 2 (3/3)" in more.output
     parents, children = runs_of(client, "part1-narrow")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.data.tags["trial_id"] for r in children) == ["0", "1", "2"]
+    assert sorted(r.data.tags[names.TRIAL_ID] for r in children) == ["0", "1", "2"]
     fresh = sweep(runner, mnist_path, "part1-narrow", "--max-trials", "1", "--overwrite")
     assert "starting" in fresh.output
     parents, _ = runs_of(client, "part1-narrow")
@@ -131,13 +131,13 @@ def test_diverging_trial_fails_with_reason_and_the_sweep_goes_on(
     result = sweep(runner, mnist_path, str(spec))
     assert "FAILED (" in result.output
     parents, children = runs_of(client, "diverge")
-    by_lr = {float(r.data.params["learning_rate"]): r for r in children}
+    by_lr = {float(r.data.params[names.LEARNING_RATE]): r for r in children}
     failed = by_lr[1_000_000.0]
     assert failed.info.status == "FAILED"
-    assert "NaN" in failed.data.tags["failure_reason"]
+    assert "NaN" in failed.data.tags[names.FAILURE_REASON]
     assert by_lr[0.01].info.status == "FINISHED"
     assert parents[0].info.status == "FINISHED"
-    assert parents[0].data.tags["best_trial"] == by_lr[0.01].data.tags["trial_id"]
+    assert parents[0].data.tags[names.BEST_TRIAL] == by_lr[0.01].data.tags[names.TRIAL_ID]
 
 
 def test_sweep_stops_after_consecutive_failures_with_a_clear_message(

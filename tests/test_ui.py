@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import cli
+from pipeline.tracking import names
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -33,7 +34,7 @@ SERVER_START_S = 90
 WAIT_MS = 30_000
 SPEC = "part1-narrow"
 TRIALS = [f"{SPEC}-trial-0", f"{SPEC}-trial-1"]
-METRICS = ("val_accuracy", "trainable_params")
+METRICS = (names.VAL_ACCURACY, names.TRAINABLE_PARAMS)
 
 
 @pytest.fixture
@@ -60,8 +61,8 @@ def finished_sweep(runner, client, mnist_path):
     result = runner.invoke(cli, ["sweep", SPEC, "--data", mnist_path, "--train-limit",
                                  "500", "--epochs", "1", "--max-trials", "2"])
     assert result.exit_code == 0, result.output
-    experiment = client.get_experiment_by_name("mnist-sweeps")
-    runs = client.search_runs([experiment.experiment_id], f"tags.sweep = '{SPEC}'")
+    experiment = client.get_experiment_by_name(names.DEFAULT_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], f"tags.{names.SWEEP} = '{SPEC}'")
     return experiment.experiment_id, {run.info.run_name: run for run in runs}
 
 

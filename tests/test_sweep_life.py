@@ -1,0 +1,70 @@
+"""One sweep's life in a single process: start, finish, re-run, the lock; and the
+CLI's one line per error."""
+
+import fcntl
+
+import pytest
+
+from pipeline import specfile, sweep
+from pipeline.cli import cli
+from pipeline.errors import SweepBusy
+from pipeline.tracking import names, runs
+
+pytestmark = pytest.mark.usefixtures("fresh_store")
+
+SPEC = """\
+name: tiny
+description: one one-layer network, one epoch
+search_space: {hidden_layers: 1, units: 8, activation: sigmoid}
+training: {epochs: 1, learning_rate: 0.5}
+tuner: {algorithm: grid, max_trials: 1}
+"""
+
+
+@pytest.fixture
+def spec(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(SPEC)
+    return specfile.load(tmp_path / "tiny.yaml")
+
+
+def test_a_sweep_finishes_and_a_rerun_does_nothing(spec, small_mnist, tmp_path, capsys):
+    settings = sweep.Settings(experiment="life", directory=str(tmp_path / "kt"))
+    result = sweep.run(spec, small_mnist, settings)
+    assert not result.resumed and result.best_trial == "0"
+    parent = runs.existing_parent(tmp_path / "kt" / sweep.project_name(
+        spec, small_mnist, "life"))
+    assert parent.run_id == result.parent_run_id
+    (trial,) = runs.trial_runs(parent.run_id, status="FINISHED")
+    assert trial.data.metrics[names.VAL_ACCURACY] == pytest.approx(result.best_val_accuracy)
+
+    again = sweep.run(spec, small_mnist, settings)
+    assert again.resumed and again.parent_run_id == result.parent_run_id
+    assert "already finished: 1 trials" in capsys.readouterr().out
+    assert len(runs.trial_runs(parent.run_id)) == 1
+
+
+def hold_lock(spec, dataset, directory):
+    project = sweep.project_name(spec, dataset, "life")
+    lock = open(directory / f".{project}.lock", "w")  # noqa: SIM115 - held by the caller.
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lock
+
+
+def test_a_second_process_on_the_same_state_is_refused(spec, small_mnist, tmp_path):
+    (tmp_path / "kt").mkdir()
+    with hold_lock(spec, small_mnist, tmp_path / "kt"):
+        with pytest.raises(SweepBusy, match="sweep tiny is already running from"):
+            sweep.run(spec, small_mnist, sweep.Settings(experiment="life",
+                                                        directory=str(tmp_path / "kt")))
+
+
+def test_the_cli_prints_a_pipeline_error_as_one_line_with_its_status(
+        runner, spec, small_mnist, mnist_path, tmp_path):
+    (tmp_path / "kt").mkdir()
+    data = ["--data", mnist_path, "--train-limit", "1000"]
+    with hold_lock(spec, small_mnist, tmp_path / "kt"):
+        result = runner.invoke(cli, ["sweep", spec.path, *data, "--experiment", "life",
+                                     "--directory", str(tmp_path / "kt")])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: sweep tiny is already running from")
+    assert len(result.output.strip().splitlines()) == 1
