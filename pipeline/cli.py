@@ -57,6 +57,9 @@ def sweep_options(func):
                      help="Compute in float16 on GPUs (results change slightly)."),
         click.option("--threads", type=FROM_SPEC, default=0, show_default=True,
                      help="CPU threads TensorFlow may use per process; 0 = all."),
+        click.option("--pack", type=FROM_SPEC, default=0, show_default=True,
+                     help="Trials trained together in one step (1 = one at a time); "
+                          "0 = the spec's tuner.pack, else chosen by model size."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -197,6 +200,7 @@ def _sweep_args(spec_arg, options, worker_timeout, chief_timeout):
             chief_timeout]
     args += ["--overwrite"] * options["overwrite"] + ["-v"] * options["verbose"]
     args += ["--mixed-precision"] * options["mixed_precision"]
+    args += ["--pack", options["pack"]]
     return [str(a) for a in args]
 
 
@@ -214,7 +218,7 @@ def _run_sweeps(specs, load_dataset, options, **kwargs):
     settings = sweep_module.Settings(
         experiment=options["experiment"], directory=options["directory"],
         overwrite=options["overwrite"], verbose=options["verbose"], devices=devices,
-        **kwargs)
+        pack=options["pack"], **kwargs)
     if len(specs) == 1:
         return [sweep_module.run(specs[0], load_dataset(specs[0]), settings,
                                  launcher_run_id=launcher)]

@@ -7,6 +7,7 @@ one GPU instead of the first one taking all its memory.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import keras
@@ -48,3 +49,10 @@ def configure(mixed_precision=False, threads=0):
     names = ", ".join(g.name.replace("/physical_device:", "") for g in gpus)
     precision = ", mixed precision" if mixed_precision else ""
     return f"{len(gpus)} GPU ({names}{precision})"
+
+
+@functools.lru_cache(maxsize=2)
+def device_arrays(dataset):
+    """The dataset as tensors, placed on the device once per process."""
+    splits = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+    return {split: tf.convert_to_tensor(getattr(dataset, split)) for split in splits}

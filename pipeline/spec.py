@@ -80,6 +80,7 @@ class TunerSettings:
     max_consecutive_failed_trials: int = 3
     hyperband_factor: int = 3
     num_initial_points: int | None = None
+    pack: int | None = None  # Trials trained together in one step; None: chosen.
 
 
 @dataclass(frozen=True)
@@ -120,5 +121,6 @@ class Spec:
         """
         data = self.to_dict()
         data["tuner"].pop("max_trials")
+        data["tuner"].pop("pack")  # Packed trials train as if alone.
         blob = json.dumps([data, *extra], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]

@@ -165,6 +165,7 @@ def _parse_tuner(raw):
                               minimum=2, default=3),
         num_initial_points=_int(raw, "num_initial_points", "tuner.num_initial_points",
                                 minimum=1, optional=True),
+        pack=_int(raw, "pack", "tuner.pack", minimum=1, optional=True),
     )
 
 

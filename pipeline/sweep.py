@@ -22,7 +22,7 @@ from pipeline import space as space_module
 from pipeline.errors import Interrupted, OracleLost, SweepBusy
 from pipeline.model import CompileOptions
 from pipeline.progress import Progress
-from pipeline.search import distributed
+from pipeline.search import distributed, packing
 from pipeline.search.tuner import SweepTuner
 from pipeline.tracking import names, runs
 
@@ -50,6 +50,7 @@ class Settings:
         options: `CompileOptions` for every model.
         devices: what the trials run on, for the first progress line.
         worker_timeout: on a chief, seconds of silence before a worker is lost.
+        pack: trials trained together in one step; 0: the spec's, else chosen.
     """
 
     experiment: str = names.DEFAULT_EXPERIMENT
@@ -59,6 +60,7 @@ class Settings:
     options: CompileOptions = CompileOptions()
     devices: str = "CPU"
     worker_timeout: float = distributed.WORKER_TIMEOUT
+    pack: int = 0
 
 
 def project_name(spec, dataset, experiment):
@@ -118,10 +120,11 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
     with _exclusive(Path(settings.directory) / f".{project}.lock", spec.name):
         if settings.overwrite and project_dir.exists():
             shutil.rmtree(project_dir)
+        pack = packing.choose_pack(spec, space, settings.pack)
         tuner = SweepTuner(spec, space, experiment=settings.experiment,
                            options=settings.options, progress=progress,
                            verbose=settings.verbose, worker_timeout=settings.worker_timeout,
-                           directory=settings.directory, project_name=project)
+                           pack=pack, directory=settings.directory, project_name=project)
         parent = runs.existing_parent(project_dir)
         if parent is not None:
             tuner.resume(parent)
@@ -134,7 +137,8 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
         tuner.open(parent)
         progress.say(
             f"{'resuming' if parent.resumed else 'starting'} {spec.tuner.algorithm} search, "
-            f"{spec.tuner.max_trials} trials of {spec.training.epochs} epochs on "
+            f"{spec.tuner.max_trials} trials of {spec.training.epochs} epochs"
+            + (f", up to {pack} at once" if pack > 1 else "") + " on "
             f"{dataset.describe()} on {settings.devices}; MLflow run {parent.run_id} in "
             f"experiment {settings.experiment!r}"
             + ("; serving the oracle to workers" if distributed.role() == "chief" else ""))

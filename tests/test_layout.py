@@ -17,10 +17,10 @@ LAYERS = [
     {"errors", "tracking.names"},
     {"spec", "data", "device", "progress"},
     {"specfile", "space"},
-    {"model", "gradients", "plots", "tracking.server"},
+    {"model", "gradients", "plots", "tracking.server", "packed"},
     {"tracking.runs", "tracking.trial_run"},
     {"search.internals", "search.oracles", "search.distributed", "search.local_cluster",
-     "search.tuner"},
+     "search.tuner", "search.packing"},
     {"sweep", "report.document", "report.load", "report.answers", "report.render"},
     {"cli", "__main__"},
 ]

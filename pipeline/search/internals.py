@@ -18,6 +18,9 @@ Relied on (`MODULE_NAMES`, `CLASS_NAMES`, `ORACLE_STATE`):
   draws), `_random_values()` (a fresh feasible draw), `_check_consecutive_failures()`
   (turned into `SweepStopped`), `_save_trial(trial)`;
   `GridSearchOracle._get_next_combination(values)` (steps over infeasible points).
+- `BaseTuner._try_run_and_update_trial(trial, *args)`: runs one trial and records its
+  outcome on the trial, as `BaseTuner.search` does (packed searches call it for a
+  trial that trains alone).
 - `Oracle` state: `_retry_queue` (trial ids to hand out again), `end_order`,
   `_max_collisions` (draws rejected before the space counts as spent),
   `tuner_ids`, `ongoing_trials` (tuner id -> trial), `trials`.
@@ -45,6 +48,7 @@ CLASS_NAMES = {
                          "_save_trial"),
     keras_tuner.oracles.GridSearchOracle: ("_get_next_combination",),
     oracle_chief.OracleServicer: ("GetSpace", "CreateTrial"),
+    keras_tuner.Tuner: ("_try_run_and_update_trial",),
 }
 ORACLE_STATE = ("_retry_queue", "end_order", "_max_collisions", "tuner_ids",
                 "ongoing_trials", "trials")
@@ -97,6 +101,11 @@ def is_chief():
 def chief_may_exit(oracle):
     """Keras Tuner's rule: no trial running and no worker left."""
     return oracle_chief.exit_chief(oracle)
+
+
+def run_and_update_trial(tuner, trial, *fit_args):
+    """Runs one trial as Keras Tuner's own search loop does, outcome on `trial`."""
+    tuner._try_run_and_update_trial(trial, *fit_args)
 
 
 # -- Oracle state ----------------------------------------------------------------

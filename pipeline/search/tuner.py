@@ -9,7 +9,6 @@ parent run's best trial current; on a chief, `search` serves the oracle with
 
 from __future__ import annotations
 
-import functools
 import gc
 import time
 
@@ -19,25 +18,18 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
+from pipeline.device import device_arrays
 from pipeline.errors import LoggingFailed, SweepStopped
 from pipeline.gradients import GradientProbe
-from pipeline.model import CompileOptions, MnistHyperModel
+from pipeline.model import EVAL_BATCH_SIZE, CompileOptions, MnistHyperModel
 from pipeline.progress import Progress
-from pipeline.search import distributed
+from pipeline.search import distributed, packing
 from pipeline.search.oracles import failure_reason, make_oracle
 from pipeline.tracking import names, runs, trial_run
 
-EVAL_BATCH_SIZE = 1024
 # Every trial builds a new model, so Keras traces a new step function per trial;
 # TensorFlow's "retracing" warning about that is expected here.
 tf.get_logger().setLevel("ERROR")
-
-
-@functools.lru_cache(maxsize=2)
-def device_arrays(dataset):
-    """The dataset as tensors, placed on the device once per process."""
-    names = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-    return {name: tf.convert_to_tensor(getattr(dataset, name)) for name in names}
 
 
 class SweepTuner(keras_tuner.Tuner):
@@ -54,12 +46,13 @@ class SweepTuner(keras_tuner.Tuner):
         progress: a `Progress` that prints a line per trial.
         verbose: Keras' per-epoch output (0: off).
         worker_timeout: on a chief, seconds of silence before a worker is lost.
+        pack: trials trained together in one step (`pipeline.search.packing`).
         **kwargs: `directory`, `project_name` for Keras Tuner.
     """
 
     def __init__(self, spec, space, parent=None, experiment=names.DEFAULT_EXPERIMENT,
                  options=CompileOptions(), progress=None, verbose=0,
-                 worker_timeout=distributed.WORKER_TIMEOUT, **kwargs):
+                 worker_timeout=distributed.WORKER_TIMEOUT, pack=1, **kwargs):
         oracle = make_oracle(spec, space)
         oracle.verbose = 0  # Our own one-line progress replaces Keras Tuner's table.
         super().__init__(oracle=oracle, hypermodel=MnistHyperModel(space, options),
@@ -71,9 +64,10 @@ class SweepTuner(keras_tuner.Tuner):
         self.progress = progress or Progress(spec.name, spec.tuner.max_trials)
         self.verbose = verbose
         self.worker_timeout = worker_timeout
+        self.pack = pack
         self._outcome = {}
         self._heartbeat = None
-        self._logging = None  # (trial_id, TrialRun) whose logging may still run.
+        self._logging = []  # (trial_id, TrialRun) whose logging may still run.
         self.unlogged = []
         # Everything alive now (TensorFlow, MLflow, the data) lives as long as the
         # process: keep it out of the garbage collector's way, so the collection
@@ -120,6 +114,9 @@ class SweepTuner(keras_tuner.Tuner):
             self.save()
             distributed.serve(self.oracle, on_lost=self._lost,
                               worker_timeout=self.worker_timeout)
+            return
+        if self.pack > 1:
+            packing.search(self, *args, pack=self.pack)
             return
         super().search(*args, **kwargs)
 
@@ -175,7 +172,7 @@ class SweepTuner(keras_tuner.Tuner):
                    f"{self.spec.name} trial {trial.trial_id}: {config.describe()}",
                    {names.FIT_SECONDS: fit_seconds,
                     names.TRIAL_SECONDS: time.perf_counter() - start}, EVAL_BATCH_SIZE)
-        self._logging = (trial.trial_id, run)
+        self._logging.append((trial.trial_id, run))
         metrics = {k: run.history[k][-1] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
         self._outcome[trial.trial_id] = (config, start, metrics)
         return metrics
@@ -186,16 +183,14 @@ class SweepTuner(keras_tuner.Tuner):
         A trial whose run could not be logged whole ends FAILED in MLflow and is run
         again when the sweep is resumed (`requeue_unlogged`).
         """
-        if self._logging is None:
-            return
-        trial_id, run = self._logging
-        self._logging = None
-        try:
-            run.wait()
-        except LoggingFailed as e:
-            self.unlogged.append(trial_id)
-            self.progress.say(f"trial {trial_id}: {e}; it runs again when the sweep is "
-                              "resumed")
+        while self._logging:
+            trial_id, run = self._logging.pop(0)
+            try:
+                run.wait()
+            except LoggingFailed as e:
+                self.unlogged.append(trial_id)
+                self.progress.say(f"trial {trial_id}: {e}; it runs again when the sweep is "
+                                  "resumed")
 
     def requeue_unlogged(self):
         """Hands completed trials without a FINISHED run back to the oracle to run again.

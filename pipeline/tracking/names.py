@@ -24,6 +24,7 @@ BEST_TRIAL = "best_trial"  # Parent: the best trial's Keras Tuner id ...
 BEST_RUN_ID = "best_run_id"  # ... and its run.
 TRIAL_ID = "trial_id"  # Trial: Keras Tuner's trial id ("0", "1", ...).
 WORKER = "worker"  # Trial: the Keras Tuner id of the process that trained it.
+PACK_SIZE = "pack_size"  # Trial: how many trials trained in one step with it.
 FAILURE_REASON = "failure_reason"  # A FAILED or KILLED run: why, in one line.
 SWEEP_RUN_ID = "sweep_run_id"  # The `mlflow run` run: where its sweep was logged.
 REPORT = "report"  # The report's run.

@@ -48,14 +48,15 @@ def trial_params(config):
     }
 
 
-def start_trial_run(parent, spec_name, trial_id, worker, probe=None):
-    """Creates the child run of one trial (tags `sweep`, `trial_id`, `worker`).
+def start_trial_run(parent, spec_name, trial_id, worker, probe=None, tags=None):
+    """Creates the child run of one trial (tags `sweep`, `trial_id`, `worker`, and
+    `tags`).
 
     Returns:
         A `TrialRun`; end it with `finish()` and `wait()`, or `fail()`, or `kill()`.
     """
     tags = {names.SWEEP: spec_name, names.TRIAL_ID: trial_id, names.WORKER: worker,
-            names.PARENT_RUN: parent.run_id}
+            names.PARENT_RUN: parent.run_id, **{k: str(v) for k, v in (tags or {}).items()}}
     run = MlflowClient().create_run(parent.experiment_id, run_name=f"{spec_name}-trial-{trial_id}",
                                     tags=context_registry.resolve_tags(tags))
     return TrialRun(run.info.run_id, probe)

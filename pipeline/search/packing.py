@@ -1,0 +1,214 @@
+"""Packed trials: the oracle hands this process up to K trials at once, and those that
+can share a step train as one `PackedNetworks`; each is still its own MLflow run.
+
+Keras Tuner's oracle keys running trials by tuner id, as in its distributed mode;
+here the process asks for K trials under K sub-ids (`tuner0/0`, `tuner0/1`, ...),
+so Bayesian search sees them as pending trials, not as finished ones. Trials with
+the same activation, batch size and epochs train together (depth and widths may
+differ); a Hyperband trial that continues an earlier model trains alone.
+
+Isolation: a member whose loss becomes NaN ends FAILED alone, and its pack-mates go
+on; an error in one member's logging fails only that member's run. An interrupt
+(SIGTERM, Ctrl-C) ends every run of the pack KILLED; resuming runs them again.
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras_tuner
+import numpy as np
+from keras_tuner.engine.trial import TrialStatus
+
+from pipeline import packed
+from pipeline.device import device_arrays
+from pipeline.gradients import GradientProbe
+from pipeline.model import EVAL_BATCH_SIZE
+from pipeline.search import internals
+from pipeline.tracking import names, runs, trial_run
+
+# On the CPU a step's fixed cost dominates only for small networks: past this many
+# parameters a pack's arithmetic grows as fast as the trials it saves.
+CPU_MAX_PARAMS = 200_000
+CPU_MAX_PACK = 8  # Past 8, each member's share of a step grows again here.
+GPU_MAX_PACK = 32
+MEMORY_BUDGET = 2 * 1024 ** 3  # Bytes of weights, momenta and activations per pack.
+
+
+def choose_pack(spec, space, requested=0):
+    """How many trials train at once: `requested`, else the spec's `tuner.pack`, else
+    chosen from the model size and the device.
+
+    Chosen: 1 for Part One (the exercise asks how long an epoch of each model takes
+    alone), for Hyperband (its trials continue earlier models) and, on a CPU, for
+    models past `CPU_MAX_PARAMS`; else as many as the budget of trials, up to
+    `CPU_MAX_PACK` (`GPU_MAX_PACK` on a GPU), and never more than fit in
+    `MEMORY_BUDGET`.
+    """
+    import tensorflow as tf
+
+    if requested or spec.tuner.pack:
+        return int(requested or spec.tuner.pack)
+    _, most = space.param_bounds()
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if spec.part == 1 or spec.tuner.algorithm == "hyperband" or (
+            not gpu and most > CPU_MAX_PARAMS):
+        return 1
+    widest = max(space.max_units, 10)
+    per_member = 4 * (3 * most + 4 * spec.training.batch_size * widest * space.max_layers)
+    fits = max(1, MEMORY_BUDGET // per_member)
+    return int(max(1, min(spec.tuner.max_trials, GPU_MAX_PACK if gpu else CPU_MAX_PACK, fits)))
+
+
+def search(tuner, dataset, pack):
+    """Keras Tuner's search loop, K trials at a time (`BaseTuner.search`'s contract)."""
+    tuner.on_search_begin()
+    while True:
+        trials, stopped = _create_trials(tuner, pack)
+        for group in _groups(tuner, trials):
+            if len(group) == 1 and not packed.packable([group[0][1]]):
+                _run_alone(tuner, group[0][0], dataset)
+            else:
+                run_pack(tuner, group, dataset)
+        if stopped or not trials:
+            break
+    tuner.on_search_end()
+
+
+def _create_trials(tuner, pack):
+    trials = []
+    for index in range(pack):
+        trial = tuner.oracle.create_trial(f"{tuner.tuner_id}/{index}")
+        if trial.status == TrialStatus.STOPPED:
+            return trials, True
+        if trial.status == TrialStatus.RUNNING:
+            trials.append(trial)
+    return trials, False
+
+
+def _groups(tuner, trials):
+    """Trials that can train in one pack, grouped; each as (trial, config)."""
+    groups = {}
+    for trial in trials:
+        config = tuner.space.config(trial.hyperparameters.values)
+        continues = "tuner/trial_id" in trial.hyperparameters.values
+        key = (("alone", trial.trial_id) if continues or not packed.packable([config])
+               else (config.activation, config.batch_size, config.epochs, config.initial_epoch))
+        groups.setdefault(key, []).append((trial, config))
+    return list(groups.values())
+
+
+def _run_alone(tuner, trial, dataset):
+    tuner.on_trial_begin(trial)
+    internals.run_and_update_trial(tuner, trial, dataset)
+    tuner.on_trial_end(trial)
+
+
+def run_pack(tuner, group, dataset):
+    """Trains a group of trials as one pack, then ends each trial with the oracle."""
+    start = time.perf_counter()
+    members, status = [], {}
+    for trial, config in group:
+        tuner.on_trial_begin(trial)
+        tuner._outcome[trial.trial_id] = (config, start, None)
+        logged = runs.earlier_attempts(tuner.parent, trial.trial_id, tuner.spec.tuner.objective)
+        if logged is not None:
+            status[trial.trial_id] = _already_finished(tuner, trial, *logged)
+        else:
+            members.append(_Member(tuner, trial, config, dataset, len(group)))
+    if members:
+        status.update(_train(tuner, members, dataset, start))
+    # One at a time, so the oracle never sees a completed trial it has not scored.
+    for trial, _ in group:
+        trial.status = status[trial.trial_id]
+        tuner.on_trial_end(trial)
+
+
+def _already_finished(tuner, trial, run_id, metrics):
+    tuner.progress.say(f"trial {trial.trial_id} already finished in MLflow run {run_id}; "
+                       "not training it again")
+    config, start, _ = tuner._outcome[trial.trial_id]
+    tuner._outcome[trial.trial_id] = (config, start, metrics)
+    return _complete(tuner, trial, {k: metrics[k] for k in (names.VAL_ACCURACY,
+                                                            names.VAL_LOSS)})
+
+
+class _Member:
+    """One trial of a pack: its alone model (for its initial weights), order and run."""
+
+    def __init__(self, tuner, trial, config, dataset, pack_size):
+        self.trial = trial
+        self.config = config
+        self.model = tuner._fresh_model(trial, config)  # Seeds, then builds: as alone.
+        self.order = packed.keras_batch_order(len(dataset.x_train))
+        self.run = trial_run.start_trial_run(
+            tuner.parent, tuner.spec.name, trial.trial_id, tuner.tuner_id,
+            GradientProbe(self.model, dataset.x_train, dataset.y_train),
+            tags={names.PACK_SIZE: pack_size})
+        self.run.log_params(config)
+        self.failed = None
+
+
+def _train(tuner, members, dataset, start):
+    arrays = device_arrays(dataset)
+    network = packed.PackedNetworks([m.config for m in members], [m.model for m in members],
+                                    [m.order for m in members])
+    fit_start = time.perf_counter()
+    try:
+        for epoch in range(members[0].config.initial_epoch, members[0].config.epochs):
+            _epoch(network, members, arrays, epoch + 1)
+    except Exception as e:
+        for member in members:
+            if member.failed is None:
+                member.failed = e
+                member.run.fail(e)
+        raise
+    except BaseException:
+        for member in members:
+            if member.failed is None:
+                member.run.kill()
+        raise
+    timing = {names.FIT_SECONDS: time.perf_counter() - fit_start}
+    tuner.wait_for_logging()
+    return {member.trial.trial_id: _finish(tuner, network, index, member, arrays, timing,
+                                           start, EVAL_BATCH_SIZE)
+            for index, member in enumerate(members)}
+
+
+def _epoch(network, members, arrays, epoch):
+    epoch_start = time.perf_counter()
+    loss, accuracy = network.train_epoch(arrays["x_train"], arrays["y_train"])
+    val_loss, val_accuracy = network.evaluate(arrays["x_val"], arrays["y_val"])
+    seconds = time.perf_counter() - epoch_start
+    for index, member in enumerate(members):
+        if member.failed is not None:
+            continue
+        metrics = {names.LOSS: loss[index], names.ACCURACY: accuracy[index],
+                   names.VAL_LOSS: val_loss[index], names.VAL_ACCURACY: val_accuracy[index],
+                   names.EPOCH_SECONDS: seconds}
+        weights = network.member_weights(index) if member.run.probe else None
+        member.run.log_epoch(epoch, metrics, weights)
+        if not np.isfinite(loss[index]):
+            member.failed = keras_tuner.errors.FailedTrialError(
+                f"loss became NaN in epoch {epoch} (training diverged)")
+            member.run.fail(member.failed)
+
+
+def _finish(tuner, network, index, member, arrays, timing, start, batch_size):
+    trial, config = member.trial, member.config
+    if member.failed is not None:
+        trial.message = f"{member.failed.__class__.__name__}: {member.failed}"
+        return TrialStatus.FAILED
+    model = network.member_model(index, member.model)
+    member.run.finish(model, (arrays["x_test"], arrays["y_test"]),
+                      f"{tuner.spec.name} trial {trial.trial_id}: {config.describe()}",
+                      {**timing, names.TRIAL_SECONDS: time.perf_counter() - start}, batch_size)
+    tuner._logging.append((trial.trial_id, member.run))
+    metrics = {k: member.run.history[k][-1] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
+    tuner._outcome[trial.trial_id] = (config, start, metrics)
+    return _complete(tuner, trial, metrics)
+
+
+def _complete(tuner, trial, metrics):
+    tuner.oracle.update_trial(trial.trial_id, metrics)
+    return TrialStatus.COMPLETED

@@ -1,0 +1,86 @@
+"""Packed networks train each member exactly as Keras' `fit` trains it alone."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.model import build_model
+from pipeline.packed import PackedNetworks, keras_batch_order, packable
+from pipeline.space import TrialConfig
+
+EPOCHS = 2
+N = 600
+
+
+def config(units, learning_rate=0.05, momentum=0.0, activation="sigmoid"):
+    return TrialConfig(units=tuple(units), activation=activation, learning_rate=learning_rate,
+                       momentum=momentum, batch_size=32, epochs=EPOCHS)
+
+
+CONFIGS = [config([9, 3, 7]), config([5, 8], learning_rate=0.3, momentum=0.9),
+           config([2, 9, 9, 4], learning_rate=0.1, momentum=0.5)]
+
+
+def alone(cfg, seed, data):
+    keras.utils.set_random_seed(seed)
+    model = build_model(cfg)
+    history = model.fit(data.x_train[:N], data.y_train[:N], batch_size=32, epochs=EPOCHS,
+                        validation_data=(data.x_val, data.y_val), validation_batch_size=1024,
+                        verbose=0)
+    return history.history, model
+
+
+def packed(configs, seeds, data):
+    models, orders = [], []
+    for cfg, seed in zip(configs, seeds, strict=True):
+        keras.utils.set_random_seed(seed)
+        models.append(build_model(cfg))
+        orders.append(keras_batch_order(N))
+    network = PackedNetworks(configs, models, orders)
+    x, y = tf.constant(data.x_train[:N]), tf.constant(data.y_train[:N])
+    history = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+    for _ in range(EPOCHS):
+        for key, values in zip(("loss", "accuracy"), network.train_epoch(x, y), strict=True):
+            history[key].append(values)
+        for key, values in zip(("val_loss", "val_accuracy"),
+                               network.evaluate(data.x_val, data.y_val), strict=True):
+            history[key].append(values)
+    return network, {k: np.array(v) for k, v in history.items()}
+
+
+def test_each_member_trains_as_it_would_alone(small_mnist):
+    seeds = [11, 12, 13]
+    network, history = packed(CONFIGS, seeds, small_mnist)
+    for index, (cfg, seed) in enumerate(zip(CONFIGS, seeds, strict=True)):
+        expected, model = alone(cfg, seed, small_mnist)
+        for key in ("loss", "val_loss"):
+            assert history[key][:, index] == pytest.approx(expected[key], rel=1e-4), key
+        for key in ("accuracy", "val_accuracy"):
+            assert history[key][:, index] == pytest.approx(expected[key], abs=1e-3), key
+        for got, want in zip(network.member_weights(index), model.get_weights(), strict=True):
+            assert got.shape == want.shape
+            assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_a_diverging_member_leaves_its_pack_mates_alone(small_mnist):
+    configs = [config([16], learning_rate=1e30), config([16])]
+    _, history = packed(configs, [1, 2], small_mnist)
+    expected, _ = alone(configs[1], 2, small_mnist)
+    assert not history["loss"][-1, 0] < 100  # Diverged: huge or NaN.
+    assert history["loss"][:, 1] == pytest.approx(expected["loss"], rel=1e-4)
+
+
+def test_member_model_predicts_with_its_trained_weights(small_mnist):
+    network, _ = packed(CONFIGS[:2], [3, 4], small_mnist)
+    model = network.member_model(1, build_model(CONFIGS[1]))
+    _, accuracy = network.evaluate(small_mnist.x_test, small_mnist.y_test)
+    predicted = model.predict(small_mnist.x_test, verbose=0).argmax(1)
+    assert np.mean(predicted == small_mnist.y_test.argmax(1)) == pytest.approx(accuracy[1],
+                                                                            abs=1e-6)
+
+
+def test_packable_needs_one_activation_batch_size_and_epochs():
+    assert packable([config([3]), config([9, 9], learning_rate=0.2, momentum=0.5)])
+    assert not packable([config([3]), config([3], activation="tanh")])
+    assert not packable([config([3]), TrialConfig((3,), "sigmoid", 0.01, 0.0, 64, EPOCHS)])

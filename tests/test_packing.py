@@ -1,0 +1,83 @@
+"""Packed trials through the whole pipeline: each trial as if trained alone, each its
+own MLflow run, a diverging trial failing alone."""
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline.cli import cli
+from pipeline.tracking import names
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--train-limit", "2000", "--epochs", "2"]
+
+
+def sweep(runner, mnist_path, spec, experiment, *args):
+    result = runner.invoke(cli, ["sweep", spec, "--data", mnist_path, *SMALL,
+                                 "--experiment", experiment, "--directory", experiment, *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def trials(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.{names.TRIAL_ID} != ''")
+    return {r.data.tags[names.TRIAL_ID]: r for r in runs}
+
+
+def history(client, run, key):
+    points = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+    return [m.step for m in points], np.array([m.value for m in points])
+
+
+@pytest.mark.parametrize("spec", ["part1-narrow", "part2-narrow"])
+def test_packed_trials_equal_trials_trained_alone(runner, client, mnist_path, small_mnist,
+                                                  spec):
+    sweep(runner, mnist_path, spec, "alone", "--max-trials", "3", "--pack", "1")
+    result = sweep(runner, mnist_path, spec, "packed", "--max-trials", "3", "--pack", "3")
+    assert "up to 3 at once" in result.output
+    alone, packed = trials(client, "alone"), trials(client, "packed")
+    assert sorted(alone) == sorted(packed) == ["0", "1", "2"]
+    for trial_id, run in packed.items():
+        twin = alone[trial_id]
+        assert run.info.status == twin.info.status == "FINISHED"
+        assert run.data.params == twin.data.params
+        assert run.data.tags[names.PACK_SIZE] == "3" and names.PACK_SIZE not in twin.data.tags
+        assert set(run.data.metrics) == set(twin.data.metrics)
+        for key in (names.LOSS, names.VAL_LOSS):
+            steps, values = history(client, run, key)
+            assert steps == [1, 2]
+            assert values == pytest.approx(history(client, twin, key)[1], rel=1e-4), key
+        for key in (names.ACCURACY, names.VAL_ACCURACY, names.TEST_ACCURACY):
+            assert history(client, run, key)[1] == pytest.approx(
+                history(client, twin, key)[1], abs=1e-3), key
+        assert names.CURVES in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+    # The logged model is a plain Sequential that reproduces its test accuracy.
+    best = max(packed.values(), key=lambda r: r.data.metrics[names.VAL_ACCURACY])
+    model = mlflow.keras.load_model(f"runs:/{best.info.run_id}/{names.MODEL}")
+    accuracy = np.mean(model.predict(small_mnist.x_test, verbose=0).argmax(1)
+                       == small_mnist.y_test.argmax(1))
+    assert accuracy == pytest.approx(best.data.metrics[names.TEST_ACCURACY], abs=1e-6)
+
+
+def test_a_diverging_trial_fails_alone_and_its_pack_mate_finishes(
+        runner, client, mnist_path, tmp_path):
+    spec = tmp_path / "diverge.yaml"
+    spec.write_text(
+        "name: diverge\ndescription: relu at a huge learning rate diverges\n"
+        "search_space: {hidden_layers: 2, units: 64, activation: relu,\n"
+        "               learning_rate: [1000000.0, 0.01]}\n"
+        "tuner: {algorithm: grid, max_trials: 2, pack: 2}\n")
+    result = sweep(runner, mnist_path, str(spec), "diverge")
+    assert "up to 2 at once" in result.output and "FAILED (" in result.output
+    by_lr = {float(r.data.params[names.LEARNING_RATE]): r
+             for r in trials(client, "diverge").values()}
+    failed, finished = by_lr[1_000_000.0], by_lr[0.01]
+    assert failed.info.status == "FAILED"
+    assert "NaN" in failed.data.tags[names.FAILURE_REASON]
+    assert finished.info.status == "FINISHED"
+    parent = client.get_run(finished.data.tags[names.PARENT_RUN])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[names.BEST_TRIAL] == finished.data.tags[names.TRIAL_ID]
