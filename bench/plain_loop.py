@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 from pipeline import data  # noqa: E402
+from pipeline.model import kernel_initializer  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -43,8 +44,11 @@ def main():
     keras.utils.set_random_seed(args.seed)
     model = keras.Sequential([
         keras.Input(shape=(784,)),
-        keras.layers.Dense(args.units, activation="sigmoid"),
-        keras.layers.Dense(10, activation="softmax"),
+        # Seeded as a pipeline trial seeds them (Keras' Glorot uniform).
+        keras.layers.Dense(args.units, activation="sigmoid",
+                           kernel_initializer=kernel_initializer(args.seed, 0)),
+        keras.layers.Dense(10, activation="softmax",
+                           kernel_initializer=kernel_initializer(args.seed, 1)),
     ])
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01),
                   loss="categorical_crossentropy", metrics=["accuracy"])

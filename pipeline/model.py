@@ -39,8 +39,25 @@ def xla_pays(config):
     return max(a * b for a, b in zip(widths, widths[1:], strict=False)) >= XLA_MIN_KERNEL
 
 
-def build_model(config, options=CompileOptions()):
+def kernel_initializer(seed, layer):
+    """Keras' default Glorot uniform initializer, seeded for one layer of one trial.
+
+    With a seed of its own, a model's initial weights depend on nothing else that
+    happens in the process (another thread drawing from Keras' global generator).
+    """
+    if seed is None:
+        return "glorot_uniform"
+    return keras.initializers.GlorotUniform(seed=(seed * 100 + layer) % 2**31)
+
+
+def build_model(config, options=CompileOptions(), seed=None):
     """Builds and compiles the network for a `TrialConfig`.
+
+    Args:
+        config: the `TrialConfig`.
+        options: `CompileOptions`.
+        seed: seeds the initial weights (`kernel_initializer`); None: Keras' global
+            seed generator.
 
     Returns:
         A compiled `keras.Sequential`: 784 inputs, `config.units` hidden units with
@@ -49,11 +66,13 @@ def build_model(config, options=CompileOptions()):
     model = keras.Sequential(
         [keras.Input(shape=(INPUTS,), name="pixels")]
         + [
-            keras.layers.Dense(units, activation=config.activation, name=f"hidden_{i}")
+            keras.layers.Dense(units, activation=config.activation, name=f"hidden_{i}",
+                               kernel_initializer=kernel_initializer(seed, i))
             for i, units in enumerate(config.units)
         ]
         # The softmax stays float32 under a mixed-precision policy, for stable losses.
-        + [keras.layers.Dense(OUTPUTS, activation="softmax", name="digits", dtype="float32")]
+        + [keras.layers.Dense(OUTPUTS, activation="softmax", name="digits", dtype="float32",
+                              kernel_initializer=kernel_initializer(seed, len(config.units)))]
     )
     model.compile(
         optimizer=keras.optimizers.SGD(

@@ -2,6 +2,7 @@
 
 import keras
 import keras_tuner
+import numpy as np
 import pytest
 
 from pipeline import space, specfile
@@ -46,3 +47,19 @@ def test_hypermodel_builds_what_the_space_samples():
     hp.values.update({"hidden_layers": 11, **{f"units_{i}": 3 for i in range(12)}})
     model = hypermodel.build(hp)
     assert [layer.units for layer in model.layers] == [3] * 11 + [10]
+
+
+@pytest.mark.parametrize("seed", [None, 5])
+def test_seeded_weights_do_not_depend_on_other_draws(seed):
+    """Another thread drawing from Python's or Keras' global generators between the
+    trial's seeding and its build (the previous trial's logging) changes nothing."""
+    import random
+
+    keras.utils.set_random_seed(5)
+    first = build_model(config([9, 9]), seed=seed).get_weights()
+    keras.utils.set_random_seed(5)
+    random.random()
+    keras.random.uniform((1,))
+    second = build_model(config([9, 9]), seed=seed).get_weights()
+    same = all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert same is (seed is not None)

@@ -21,7 +21,7 @@ import tensorflow as tf
 from pipeline.device import device_arrays
 from pipeline.errors import LoggingFailed, SweepStopped
 from pipeline.gradients import GradientProbe
-from pipeline.model import EVAL_BATCH_SIZE, CompileOptions, MnistHyperModel
+from pipeline.model import EVAL_BATCH_SIZE, CompileOptions, MnistHyperModel, build_model
 from pipeline.progress import Progress
 from pipeline.search import distributed, packing
 from pipeline.search.oracles import failure_reason, make_oracle
@@ -223,10 +223,12 @@ class SweepTuner(keras_tuner.Tuner):
     def _fresh_model(self, trial, config):
         # Free what earlier trials left (cheap: see __init__), then seed this trial.
         # Not keras.backend.clear_session(): it clears TensorFlow's kernel cache,
-        # which the previous trial's logging thread may be using; set_random_seed
-        # resets Keras' seed generator, so every trial starts as in a new process.
+        # which the previous trial's logging thread may be using. The global seed
+        # decides the batch order; the weights get seeds of their own, since the
+        # previous trial's logging thread may draw from the global generators.
         gc.collect()
-        keras.utils.set_random_seed(trial_seed(self.spec.tuner.seed, trial.trial_id))
+        seed = trial_seed(self.spec.tuner.seed, trial.trial_id)
+        keras.utils.set_random_seed(seed)
         values = trial.hyperparameters.values
         if "tuner/trial_id" in values:  # Hyperband: continue an earlier trial's model.
             self.wait_for_logging()
@@ -234,7 +236,7 @@ class SweepTuner(keras_tuner.Tuner):
             if earlier:
                 return mlflow.keras.load_model(f"runs:/{earlier}/{names.MODEL}",
                                                load_model_kwargs={"safe_mode": True})
-        return self.hypermodel.build(trial.hyperparameters)
+        return build_model(config, self.hypermodel.options, seed=seed)
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)  # The oracle records the trial; state is saved.
