@@ -70,8 +70,6 @@ class PackedNetworks:
         self.orders = tf.constant(np.stack(orders).astype(np.int32))
         self._stack(models)
         k = self.size
-        self.learning_rate = tf.reshape(
-            tf.constant([c.learning_rate for c in self.configs], tf.float32), (k, 1, 1))
         self.momentum = tf.reshape(
             tf.constant([c.momentum for c in self.configs], tf.float32), (k, 1, 1))
         momenta = {c.momentum for c in self.configs}
@@ -84,7 +82,7 @@ class PackedNetworks:
         shapes = [(INPUTS, w)] + [(w, w)] * (self.depth - 1) + [(w, OUTPUTS)]
         kernels = [np.zeros((k, *shape), np.float32) for shape in shapes]
         biases = [np.zeros((k, shape[1]), np.float32) for shape in shapes]
-        masks = np.zeros((self.depth, k, w), np.float32)
+        units = np.zeros((self.depth + 1, k, w), np.float32)  # 1: a member's real unit.
         active = np.zeros((self.depth, k), bool)
         for i, (config, model) in enumerate(zip(self.configs, models, strict=True)):
             weights = model.get_weights()
@@ -93,7 +91,7 @@ class PackedNetworks:
                 kernel, bias = weights[2 * layer], weights[2 * layer + 1]
                 kernels[layer][i, :kernel.shape[0], :kernel.shape[1]] = kernel
                 biases[layer][i, :bias.shape[0]] = bias
-                masks[layer, i, :bias.shape[0]] = 1.0
+                units[layer + 1, i, :bias.shape[0]] = 1.0
                 active[layer, i] = True
             kernel, bias = weights[-2], weights[-1]
             kernels[-1][i, :kernel.shape[0]] = kernel
@@ -101,11 +99,31 @@ class PackedNetworks:
         self.kernels = [tf.Variable(v) for v in kernels]
         self.biases = [tf.Variable(v) for v in biases]
         self.variables = self.kernels + self.biases
-        self.masks = tf.constant(masks[:, :, None, :])
-        # Layers where some member has fewer units than the pack's width.
-        self.padded = [bool((masks[layer] == 0).any()) for layer in range(self.depth)]
         self.shallowest = min(c.hidden_layers for c in self.configs)
         self.active = tf.constant(active[:, :, None, None])
+        self.rates = self._update_rates(units, kernels, biases)
+
+    def _update_rates(self, units, kernels, biases):
+        """Each variable's learning rate, entry by entry: the member's own on its real
+        weights, 0 on padding, so padded weights keep their zeros and padded units
+        (act(0) times a zero weight) never reach a real one. Also keeps the kernels'
+        masks of real weights (`real`)."""
+        lr = np.array([c.learning_rate for c in self.configs], np.float32)
+        last = [units[c.hidden_layers, i] for i, c in enumerate(self.configs)]
+        rates, self.real = [], []
+        for layer in range(len(kernels)):
+            out = units[layer + 1] if layer < self.depth else np.ones((self.size, OUTPUTS))
+            if layer == 0:
+                into = np.ones((self.size, INPUTS), np.float32)
+            else:
+                into = units[layer] if layer < self.depth else np.stack(last)
+            real = into[:, :, None] * out[:, None, :]
+            self.real.append(tf.constant(real.astype(np.float32)))
+            rates.append(lr[:, None, None] * real)
+        for layer, bias in enumerate(biases):
+            out = units[layer + 1] if layer < self.depth else np.ones((self.size, OUTPUTS))
+            rates.append(lr[:, None] * out[:, :bias.shape[1]])
+        return [tf.constant(r.astype(np.float32)) for r in rates]
 
     # -- the network ---------------------------------------------------------------
 
@@ -114,13 +132,10 @@ class PackedNetworks:
         equation = "bi,kio->kbo" if x.shape.rank == 2 else "kbi,kio->kbo"
         h = self.activation(tf.einsum(equation, x, self.kernels[0])
                             + self.biases[0][:, None, :])
-        if self.padded[0]:
-            h = h * self.masks[0]
         for layer in range(1, self.depth):
-            z = tf.matmul(h, self.kernels[layer]) + self.biases[layer][:, None, :]
-            a = self.activation(z)
-            if self.padded[layer]:
-                a = a * self.masks[layer]
+            a = self.activation(tf.matmul(h, self.kernels[layer])
+                                + self.biases[layer][:, None, :])
+            # A member shallower than this layer passes its activations through.
             h = a if layer < self.shallowest else tf.where(self.active[layer], a, h)
         return tf.matmul(h, self.kernels[-1]) + self.biases[-1][:, None, :]
 
@@ -140,15 +155,14 @@ class PackedNetworks:
             loss, correct = self._losses(x, y)
             total = tf.reduce_sum(loss)
         gradients = tape.gradient(total, self.variables)
-        for variable, velocity, gradient in zip(self.variables, self.velocities, gradients,
-                                                strict=True):
-            self._apply(variable, velocity, gradient)
+        for variable, velocity, gradient, rate in zip(self.variables, self.velocities,
+                                                      gradients, self.rates, strict=True):
+            self._apply(variable, velocity, gradient, rate)
         return loss, correct
 
-    def _apply(self, variable, velocity, gradient):
+    def _apply(self, variable, velocity, gradient, rate):
         """Keras' SGD update, each member at its own learning rate and momentum."""
-        lr = self.learning_rate if variable.shape.rank == 3 else self.learning_rate[:, :, 0]
-        scaled = gradient * lr  # Keras' `gradient * learning_rate`, member by member.
+        scaled = gradient * rate  # Keras' `gradient * learning_rate`, member by member.
         if self.shared_momentum == 0.0:  # var -= g * lr, as Keras does without momentum.
             tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=1.0,
                                                     delta=scaled)
@@ -201,6 +215,23 @@ class PackedNetworks:
     @tf.function
     def _evaluate_batch(self, x, y):
         return self._losses(x, y)
+
+    @tf.function
+    def gradient_sizes(self, x, y):
+        """Each kernel's mean absolute gradient on a batch (x, y) shared by all members,
+        over the member's real weights: a (K, depth + 1) tensor, output layer last."""
+        with tf.GradientTape() as tape:
+            loss, _ = self._losses(x, y)
+            total = tf.reduce_sum(loss)
+        gradients = tape.gradient(total, self.kernels)
+        return tf.stack([tf.reduce_sum(tf.abs(g) * real, axis=[1, 2])
+                         / tf.reduce_sum(real, axis=[1, 2])
+                         for g, real in zip(gradients, self.real, strict=True)], axis=1)
+
+    def member_gradients(self, sizes, index):
+        """Member `index`'s gradient sizes from `gradient_sizes`, as the alone probe's."""
+        layers = self.configs[index].hidden_layers
+        return [float(v) for v in sizes[index, :layers]] + [float(sizes[index, -1])]
 
     # -- members -------------------------------------------------------------------
 

@@ -84,3 +84,17 @@ def test_packable_needs_one_activation_batch_size_and_epochs():
     assert packable([config([3]), config([9, 9], learning_rate=0.2, momentum=0.5)])
     assert not packable([config([3]), config([3], activation="tanh")])
     assert not packable([config([3]), TrialConfig((3,), "sigmoid", 0.01, 0.0, 64, EPOCHS)])
+
+
+def test_gradient_sizes_equal_the_alone_probe_for_every_member(small_mnist):
+    from pipeline.gradients import PROBE_SIZE, GradientProbe
+
+    network, _ = packed(CONFIGS, [5, 6, 7], small_mnist)
+    x, y = small_mnist.x_train[:PROBE_SIZE], small_mnist.y_train[:PROBE_SIZE]
+    sizes = network.gradient_sizes(tf.constant(x), tf.constant(y)).numpy()
+    for index, cfg in enumerate(CONFIGS):
+        model = network.member_model(index, build_model(cfg))
+        probe = GradientProbe(model, small_mnist.x_train, small_mnist.y_train)
+        expected = probe.measure(probe.snapshot(model))
+        assert len(expected) == cfg.hidden_layers + 1
+        assert network.member_gradients(sizes, index) == pytest.approx(expected, rel=1e-4)

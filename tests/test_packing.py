@@ -49,6 +49,9 @@ def test_packed_trials_equal_trials_trained_alone(runner, client, mnist_path, sm
             steps, values = history(client, run, key)
             assert steps == [1, 2]
             assert values == pytest.approx(history(client, twin, key)[1], rel=1e-4), key
+        for key in (names.gradient(0), names.gradient(1)):
+            assert history(client, run, key)[1] == pytest.approx(
+                history(client, twin, key)[1], rel=1e-3), key
         for key in (names.ACCURACY, names.VAL_ACCURACY, names.TEST_ACCURACY):
             assert history(client, run, key)[1] == pytest.approx(
                 history(client, twin, key)[1], abs=1e-3), key

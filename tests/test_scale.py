@@ -34,17 +34,20 @@ def runs(client, kind="trial"):
     return [r for r in found if names.TRIAL_ID in r.data.tags]
 
 
-def mid_trial(client, epochs=LONG_EPOCHS):
-    """A trial run still training (one epoch logged, not all), if any.
+def mid_trials(client, epochs=LONG_EPOCHS):
+    """The trial runs still training (one epoch logged, not all).
 
     A run also stays RUNNING while its model is logged in the background, after
     training: that one is not mid-trial.
     """
-    for run in runs(client):
-        if run.info.status == "RUNNING" and names.LOSS in run.data.metrics:
-            if len(client.get_metric_history(run.info.run_id, names.LOSS)) < epochs:
-                return run
-    return None
+    return [run for run in runs(client)
+            if run.info.status == "RUNNING" and names.LOSS in run.data.metrics
+            and len(client.get_metric_history(run.info.run_id, names.LOSS)) < epochs]
+
+
+def mid_trial(client, epochs=LONG_EPOCHS):
+    """A trial run still training, if any."""
+    return next(iter(mid_trials(client, epochs)), None)
 
 
 def check_complete(client, trials, epochs=EPOCHS):
@@ -78,10 +81,12 @@ def test_chief_and_two_workers_log_one_sweep(tracking_server, client, workdir, m
     assert accuracy == pytest.approx(finished[0].data.metrics[names.TEST_ACCURACY], abs=1e-6)
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["single-process", "distributed"])
+@pytest.mark.parametrize("workers, pack", [(0, 1), (2, 1), (0, 2)],
+                         ids=["single-process", "distributed", "packed"])
 def test_sigkill_mid_trial_then_rerun_finishes_without_duplicates(
-        tracking_server, client, workdir, mnist_path, workers):
-    args = sweep_args(mnist_path, 4, "--workers", str(workers), epochs=LONG_EPOCHS)
+        tracking_server, client, workdir, mnist_path, workers, pack):
+    args = sweep_args(mnist_path, 4, "--workers", str(workers), "--pack", str(pack),
+                      epochs=LONG_EPOCHS)
     first = SweepProcess(args, workdir)
     wait_for(lambda: len([r for r in runs(client) if r.info.status == "FINISHED"]) >= 1
              and mid_trial(client), 300, "a finished trial and another mid-trial")
@@ -104,15 +109,19 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_duplicates(
         assert "interrupted" in run.data.tags[names.FAILURE_REASON]
 
 
+@pytest.mark.parametrize("pack", [1, 3], ids=["alone", "packed"])
 def test_sigterm_ends_the_trial_run_and_exits_non_zero(tracking_server, client, workdir,
-                                                       mnist_path):
-    args = sweep_args(mnist_path, 3, epochs=LONG_EPOCHS)
+                                                       mnist_path, pack):
+    args = sweep_args(mnist_path, 3, "--pack", str(pack), epochs=LONG_EPOCHS)
     first = SweepProcess(args, workdir)
-    running = wait_for(lambda: mid_trial(client), 300, "a trial mid-way")
+    running = wait_for(lambda: len(mid_trials(client)) >= pack and mid_trials(client), 300,
+                       "every trial of a pack mid-way")
     first.signal_group(signal.SIGTERM)
     assert first.wait(timeout=60) == 128 + signal.SIGTERM
     assert "run the same command again to resume" in first.text
-    assert client.get_run(running.info.run_id).info.status == "KILLED"
+    # Every trial of the pack that was training ends KILLED.
+    assert len(running) == pack
+    assert {client.get_run(r.info.run_id).info.status for r in running} == {"KILLED"}
     (parent,) = runs(client, "parent")
     assert parent.info.status == "KILLED"
 

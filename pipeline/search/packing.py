@@ -22,7 +22,7 @@ from keras_tuner.engine.trial import TrialStatus
 
 from pipeline import packed
 from pipeline.device import device_arrays
-from pipeline.gradients import GradientProbe
+from pipeline.gradients import PROBE_SIZE
 from pipeline.model import EVAL_BATCH_SIZE
 from pipeline.search import internals
 from pipeline.tracking import names, runs, trial_run
@@ -141,9 +141,9 @@ class _Member:
         self.config = config
         self.model = tuner._fresh_model(trial, config)  # Seeds, then builds: as alone.
         self.order = packed.keras_batch_order(len(dataset.x_train))
+        # No probe: the pack measures every member's gradients at once (`_epoch`).
         self.run = trial_run.start_trial_run(
             tuner.parent, tuner.spec.name, trial.trial_id, tuner.tuner_id,
-            GradientProbe(self.model, dataset.x_train, dataset.y_train),
             tags={names.PACK_SIZE: pack_size})
         self.run.log_params(config)
         self.failed = None
@@ -170,8 +170,9 @@ def _train(tuner, members, dataset, start):
         raise
     timing = {names.FIT_SECONDS: time.perf_counter() - fit_start}
     tuner.wait_for_logging()
+    test = network.evaluate(arrays["x_test"], arrays["y_test"], EVAL_BATCH_SIZE)
     return {member.trial.trial_id: _finish(tuner, network, index, member, arrays, timing,
-                                           start, EVAL_BATCH_SIZE)
+                                           start, [float(t[index]) for t in test])
             for index, member in enumerate(members)}
 
 
@@ -180,21 +181,25 @@ def _epoch(network, members, arrays, epoch):
     loss, accuracy = network.train_epoch(arrays["x_train"], arrays["y_train"])
     val_loss, val_accuracy = network.evaluate(arrays["x_val"], arrays["y_val"])
     seconds = time.perf_counter() - epoch_start
+    # As `GradientProbe`: on the first PROBE_SIZE training images, after the epoch.
+    sizes = network.gradient_sizes(arrays["x_train"][:PROBE_SIZE],
+                                   arrays["y_train"][:PROBE_SIZE]).numpy()
     for index, member in enumerate(members):
         if member.failed is not None:
             continue
         metrics = {names.LOSS: loss[index], names.ACCURACY: accuracy[index],
                    names.VAL_LOSS: val_loss[index], names.VAL_ACCURACY: val_accuracy[index],
                    names.EPOCH_SECONDS: seconds}
-        weights = network.member_weights(index) if member.run.probe else None
-        member.run.log_epoch(epoch, metrics, weights)
+        gradients = network.member_gradients(sizes, index)
+        metrics.update({names.gradient(i): g for i, g in enumerate(gradients)})
+        member.run.log_epoch(epoch, metrics)
         if not np.isfinite(loss[index]):
             member.failed = keras_tuner.errors.FailedTrialError(
                 f"loss became NaN in epoch {epoch} (training diverged)")
             member.run.fail(member.failed)
 
 
-def _finish(tuner, network, index, member, arrays, timing, start, batch_size):
+def _finish(tuner, network, index, member, arrays, timing, start, test_metrics):
     trial, config = member.trial, member.config
     if member.failed is not None:
         trial.message = f"{member.failed.__class__.__name__}: {member.failed}"
@@ -202,7 +207,8 @@ def _finish(tuner, network, index, member, arrays, timing, start, batch_size):
     model = network.member_model(index, member.model)
     member.run.finish(model, (arrays["x_test"], arrays["y_test"]),
                       f"{tuner.spec.name} trial {trial.trial_id}: {config.describe()}",
-                      {**timing, names.TRIAL_SECONDS: time.perf_counter() - start}, batch_size)
+                      {**timing, names.TRIAL_SECONDS: time.perf_counter() - start},
+                      EVAL_BATCH_SIZE, test_metrics)
     tuner._logging.append((trial.trial_id, member.run))
     metrics = {k: member.run.history[k][-1] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
     tuner._outcome[trial.trial_id] = (config, start, metrics)

@@ -104,18 +104,19 @@ class TrialRun:
             metrics=_metrics(counts, step=0))
 
     def log_epoch(self, epoch, metrics, weights=None):
-        """Queues one epoch's metrics (step = `epoch`, 1-based) and its weights' probe."""
+        """Queues one epoch's metrics (step = `epoch`, 1-based) and its weights' probe
+        (or, without a probe, the gradient sizes in `metrics` as they are)."""
         self.epochs.append(epoch)
         for key in names.EPOCH_METRICS:
             self.history[key].append(float(metrics.get(key, np.nan)))
         self._tasks.put(lambda: self._write_epoch(epoch, dict(metrics), weights))
 
-    def finish(self, model, test_data, title, timing, batch_size):
-        """Queues the rest: test evaluation (at `batch_size`), the model, the chart;
-        then ends the run."""
+    def finish(self, model, test_data, title, timing, batch_size, test_metrics=None):
+        """Queues the rest: test evaluation (at `batch_size`; or `test_metrics`, its
+        (loss, accuracy) already computed), the model, the chart; then ends the run."""
         self.status = "FINISHED"
         self._tasks.put(lambda: self._write_results(model, test_data, title, timing,
-                                                    batch_size))
+                                                    batch_size, test_metrics))
         self._tasks.put(None)
 
     def fail(self, error):
@@ -157,9 +158,9 @@ class TrialRun:
             metrics.update({names.gradient(i): g for i, g in enumerate(gradients)})
         retry(lambda: self._client.log_batch(self.run_id, metrics=_metrics(metrics, epoch)))
 
-    def _write_results(self, model, test_data, title, timing, batch_size):
-        test_loss, test_accuracy = model.evaluate(*test_data, batch_size=batch_size,
-                                                  verbose=0)
+    def _write_results(self, model, test_data, title, timing, batch_size, test_metrics):
+        test_loss, test_accuracy = test_metrics or model.evaluate(
+            *test_data, batch_size=batch_size, verbose=0)
         step = self.epochs[-1] if self.epochs else 0
         retry(lambda: self._client.log_batch(self.run_id, metrics=_metrics(
             {names.TEST_LOSS: test_loss, names.TEST_ACCURACY: test_accuracy, **timing},
