@@ -84,7 +84,8 @@ def pipeline_sweep(name, units, trials, epochs, data, train_limit, workdir):
     uri = f"sqlite:///{Path(workdir) / 'bench.db'}"
     experiment = f"bench-{time.time_ns()}"
     command = [sys.executable, "-m", "pipeline", "sweep", str(spec), "--data", data,
-               "--directory", str(Path(workdir) / "kt"), "--experiment", experiment]
+               "--directory", str(Path(workdir) / "kt"), "--experiment", experiment,
+               "--pack", "1"]  # One trial at a time: bench_packing.py measures packs.
     if train_limit:
         command += ["--train-limit", str(train_limit)]
     run_measured(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
@@ -194,7 +195,7 @@ def bench_gradients(args, workdir):
 def bench_memory(args, workdir):
     few, many = args.memory_trials
     print(f"\n## Memory: peak RSS of a {many}-trial sweep / a {few}-trial sweep "
-          "(part2-narrow, 1 epoch, 500 training images)")
+          "(part2-narrow, 1 epoch, 500 training images, packed by default)")
     peaks = {}
     for trials in (few, many):
         uri = f"sqlite:///{Path(workdir) / f'memory-{trials}.db'}"

@@ -27,9 +27,11 @@ from pipeline.model import EVAL_BATCH_SIZE
 from pipeline.search import internals
 from pipeline.tracking import names, runs, trial_run
 
-# On the CPU a step's fixed cost dominates only for small networks: past this many
-# parameters a pack's arithmetic grows as fast as the trials it saves.
-CPU_MAX_PARAMS = 200_000
+# On the CPU a step's fixed cost dominates only for narrow networks: with wider
+# layers a pack's arithmetic (every layer padded to the pack's widest) grows faster
+# than the steps it saves (bench/bench_packing.py: part2-narrow 2.1x, part2-medium,
+# layers of 10-49 units, 0.84x).
+CPU_MAX_WIDTH = 16
 CPU_MAX_PACK = 8  # Past 8, each member's share of a step grows again here.
 GPU_MAX_PACK = 32
 MEMORY_BUDGET = 2 * 1024 ** 3  # Bytes of weights, momenta and activations per pack.
@@ -41,7 +43,7 @@ def choose_pack(spec, space, requested=0):
 
     Chosen: 1 for Part One (the exercise asks how long an epoch of each model takes
     alone), for Hyperband (its trials continue earlier models) and, on a CPU, for
-    models past `CPU_MAX_PARAMS`; else as many as the budget of trials, up to
+    layers wider than `CPU_MAX_WIDTH`; else as many as the budget of trials, up to
     `CPU_MAX_PACK` (`GPU_MAX_PACK` on a GPU), and never more than fit in
     `MEMORY_BUDGET`.
     """
@@ -52,7 +54,7 @@ def choose_pack(spec, space, requested=0):
     _, most = space.param_bounds()
     gpu = bool(tf.config.list_physical_devices("GPU"))
     if spec.part == 1 or spec.tuner.algorithm == "hyperband" or (
-            not gpu and most > CPU_MAX_PARAMS):
+            not gpu and space.max_units > CPU_MAX_WIDTH):
         return 1
     widest = max(space.max_units, 10)
     per_member = 4 * (3 * most + 4 * spec.training.batch_size * widest * space.max_layers)

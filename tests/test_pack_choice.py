@@ -1,0 +1,37 @@
+"""How many trials train at once when the user does not say."""
+
+import pytest
+
+from pipeline import space, specfile
+from pipeline.search.packing import CPU_MAX_PACK, choose_pack
+
+
+@pytest.mark.parametrize("name, pack", [
+    ("part1-wide", 1), ("part1-narrow", 1),  # Part One's epochs are timed alone.
+    ("part2-narrow", 5),  # Narrow layers: as many as the sweep's 5 trials.
+    ("part2-medium", 1), ("part2-wide", 1), ("activation", 1), ("part3", 1),  # Wide.
+])
+def test_default_pack_on_this_cpu(name, pack):
+    spec = specfile.load(name)
+    assert choose_pack(spec, space.build(spec)) == pack
+
+
+def test_an_explicit_pack_wins_and_a_large_sweep_is_capped():
+    spec = specfile.load("part2-narrow")
+    narrowed = space.build(spec)
+    assert choose_pack(spec, narrowed, requested=3) == 3
+    assert choose_pack(spec.with_overrides(max_trials=40), narrowed) == CPU_MAX_PACK
+
+
+def test_spec_pack_is_read_and_checked(tmp_path):
+    from pipeline.errors import SpecError
+
+    path = tmp_path / "packed.yaml"
+    body = ("name: packed\ndescription: x\nsearch_space: {hidden_layers: 10, units: 5}\n"
+            "tuner: {pack: %s}\n")
+    path.write_text(body % 4)
+    spec = specfile.load(path)
+    assert choose_pack(spec, space.build(spec)) == 4
+    path.write_text(body % 0)
+    with pytest.raises(SpecError, match="tuner.pack: must be >= 1, got 0"):
+        specfile.load(path)
