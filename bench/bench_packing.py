@@ -26,9 +26,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_trials import run_measured  # noqa: E402
+from bench_trials import finished_trials, run_measured  # noqa: E402
 
 TARGETS = {"part2-narrow": 4.0, "part2-medium": 4.0, "part2-wide": 4.0, "part1-narrow": 1.5,
            "part1-wide": 0.95, "part3": 0.95}
@@ -46,12 +45,7 @@ def sweep(spec, pack, args, workdir, tag):
         if getattr(args, option):
             command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     run_measured(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and "
-                                                   "tags.trial_id != ''")
-    window = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000
+    client, runs, window = finished_trials(uri, experiment)
     histories = {r.data.tags["trial_id"]: {
         key: np.array([m.value for m in sorted(client.get_metric_history(r.info.run_id, key),
                                                key=lambda m: m.step)])

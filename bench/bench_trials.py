@@ -65,6 +65,18 @@ def run_measured(command, env=None):
     return out, usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
+def finished_trials(uri, experiment):
+    """The FINISHED trial runs of `experiment` in store `uri`, and the seconds from the
+    first one's start to the last one's end."""
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' "
+                                                   "and tags.trial_id != ''")
+    window = max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)
+    return client, runs, window / 1000
+
+
 def plain_loop(units, epochs, data, train_limit):
     from pipeline.search.tuner import trial_seed
 
@@ -224,14 +236,9 @@ def bench_throughput(args, workdir):
         if args.train_limit:
             command += ["--train-limit", str(args.train_limit)]
         run_measured(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
-        mlflow.set_tracking_uri(uri)
-        client = mlflow.MlflowClient()
-        exp = client.get_experiment_by_name(experiment)
-        runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' "
-                                                       "and tags.trial_id != ''")
-        window = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs))
-        rates[workers] = len(runs) / (window / 1000) * 3600
-        print(f"N={workers}: {len(runs)} trials in {window / 1000:.1f} s (first trial start "
+        _, runs, window = finished_trials(uri, experiment)
+        rates[workers] = len(runs) / window * 3600
+        print(f"N={workers}: {len(runs)} trials in {window:.1f} s (first trial start "
               f"to last trial end): {rates[workers]:.0f} trials/hour")
     print(f"ratio N=2 / N=1: {rates[2] / rates[1]:.2f}")
 

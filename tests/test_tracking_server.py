@@ -1,12 +1,12 @@
 """The tracking URI: credentials out of it, redaction, the fail-fast check, retries."""
 
 import http.server
-import socket
 import threading
 import time
 
 import mlflow
 import pytest
+from servers import free_port
 
 from pipeline.errors import TrackingUnavailable
 from pipeline.tracking.server import check_reachable, redact, retry, secure_tracking_uri
@@ -18,9 +18,7 @@ URI = "MLFLOW_TRACKING_URI"
 
 def closed_port():
     """A port on 127.0.0.1 that nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 @pytest.fixture
