@@ -85,7 +85,9 @@ def test_chief_and_two_workers_log_one_sweep(tracking_server, client, workdir, m
                          ids=["single-process", "distributed", "packed"])
 def test_sigkill_mid_trial_then_rerun_finishes_without_duplicates(
         tracking_server, client, workdir, mnist_path, workers, pack):
-    args = sweep_args(mnist_path, 4, "--workers", str(workers), "--pack", str(pack),
+    # A pack trains small models fast: on all 50,000 images it is mid-way for seconds.
+    longer = ["--train-limit", "50000"] if pack > 1 else []
+    args = sweep_args(mnist_path, 4, "--workers", str(workers), "--pack", str(pack), *longer,
                       epochs=LONG_EPOCHS)
     first = SweepProcess(args, workdir)
     wait_for(lambda: len([r for r in runs(client) if r.info.status == "FINISHED"]) >= 1
