@@ -62,10 +62,10 @@ def test_every_proposal_is_feasible_and_the_budget_is_kept(tmp_path, algorithm):
 
 
 def test_bayesian_proposals_after_warm_up_are_feasible(tmp_path):
-    configs = drive(tmp_path, "bayesian", max_trials=6,
+    configs = drive(tmp_path, "bayesian", max_trials=4,
                     learning_rate="{min: 0.001, max: 0.3, sampling: log}",
-                    extra=", num_initial_points: 3")
-    assert len(configs) == 6  # 3 random draws, then 3 Gaussian-process proposals
+                    extra=", num_initial_points: 2")
+    assert len(configs) == 4  # 2 random draws, then 2 Gaussian-process proposals
     assert all(v is None for _, v in configs)
 
 

@@ -49,9 +49,18 @@ def packed(configs, seeds, data):
     return network, {k: np.array(v) for k, v in history.items()}
 
 
-def test_each_member_trains_as_it_would_alone(small_mnist):
-    seeds = [11, 12, 13]
-    network, history = packed(CONFIGS, seeds, small_mnist)
+SEEDS = [11, 12, 13]
+
+
+@pytest.fixture(scope="module")
+def trained(small_mnist):
+    """One pack of CONFIGS, trained once for the tests of this module."""
+    return packed(CONFIGS, SEEDS, small_mnist)
+
+
+def test_each_member_trains_as_it_would_alone(small_mnist, trained):
+    seeds = SEEDS
+    network, history = trained
     for index, (cfg, seed) in enumerate(zip(CONFIGS, seeds, strict=True)):
         expected, model = alone(cfg, seed, small_mnist)
         for key in ("loss", "val_loss"):
@@ -71,13 +80,13 @@ def test_a_diverging_member_leaves_its_pack_mates_alone(small_mnist):
     assert history["loss"][:, 1] == pytest.approx(expected["loss"], rel=1e-4)
 
 
-def test_member_model_predicts_with_its_trained_weights(small_mnist):
-    network, _ = packed(CONFIGS[:2], [3, 4], small_mnist)
+def test_member_model_predicts_with_its_trained_weights(small_mnist, trained):
+    network, _ = trained
     model = network.member_model(1, build_model(CONFIGS[1]))
-    _, accuracy = network.evaluate(small_mnist.x_test, small_mnist.y_test)
-    predicted = model.predict(small_mnist.x_test, verbose=0).argmax(1)
-    assert np.mean(predicted == small_mnist.y_test.argmax(1)) == pytest.approx(accuracy[1],
-                                                                            abs=1e-6)
+    x, y = tf.constant(small_mnist.x_test[:2048]), tf.constant(small_mnist.y_test[:2048])
+    _, accuracy = network.evaluate(x, y)
+    predicted = np.argmax(model(x), axis=1)
+    assert np.mean(predicted == np.argmax(y, axis=1)) == pytest.approx(accuracy[1], abs=1e-6)
 
 
 def test_packable_needs_one_activation_batch_size_and_epochs():
@@ -86,10 +95,10 @@ def test_packable_needs_one_activation_batch_size_and_epochs():
     assert not packable([config([3]), TrialConfig((3,), "sigmoid", 0.01, 0.0, 64, EPOCHS)])
 
 
-def test_gradient_sizes_equal_the_alone_probe_for_every_member(small_mnist):
+def test_gradient_sizes_equal_the_alone_probe_for_every_member(small_mnist, trained):
     from pipeline.gradients import PROBE_SIZE, GradientProbe
 
-    network, _ = packed(CONFIGS, [5, 6, 7], small_mnist)
+    network, _ = trained
     x, y = small_mnist.x_train[:PROBE_SIZE], small_mnist.y_train[:PROBE_SIZE]
     sizes = network.gradient_sizes(tf.constant(x), tf.constant(y)).numpy()
     for index, cfg in enumerate(CONFIGS):
