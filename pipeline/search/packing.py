@@ -67,8 +67,8 @@ def search(tuner, dataset, pack):
     tuner.on_search_begin()
     while True:
         trials, stopped = _create_trials(tuner, pack)
-        for group in _groups(tuner, trials):
-            if len(group) == 1 and not packed.packable([group[0][1]]):
+        for key, group in _groups(tuner, trials):
+            if key[0] == "alone":
                 _run_alone(tuner, group[0][0], dataset)
             else:
                 run_pack(tuner, group, dataset)
@@ -89,7 +89,8 @@ def _create_trials(tuner, pack):
 
 
 def _groups(tuner, trials):
-    """Trials that can train in one pack, grouped; each as (trial, config)."""
+    """(key, [(trial, config)]) of the trials that can train in one pack; a key
+    ("alone", trial id) marks one that trains alone (a Hyperband continuation)."""
     groups = {}
     for trial in trials:
         config = tuner.space.config(trial.hyperparameters.values)
@@ -97,7 +98,7 @@ def _groups(tuner, trials):
         key = (("alone", trial.trial_id) if continues or not packed.packable([config])
                else (config.activation, config.batch_size, config.epochs, config.initial_epoch))
         groups.setdefault(key, []).append((trial, config))
-    return list(groups.values())
+    return list(groups.items())
 
 
 def _run_alone(tuner, trial, dataset):
