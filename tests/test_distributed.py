@@ -19,11 +19,12 @@ from keras_tuner.src.distribute import oracle_client
 
 from pipeline import space as space_module
 from pipeline import specfile
-from pipeline.errors import SweepStopped
-from pipeline.search import distributed, internals
+from pipeline.errors import InputError, SweepStopped
+from pipeline.search import auth, distributed, internals
 from pipeline.search.local_cluster import free_port
 from pipeline.search.oracles import make_oracle
 
+TOKEN = "a-test-token-of-the-sweep-0123456789"
 WORKER_TIMEOUT = 1.0
 POLL_SECONDS = 0.1
 RPC_TIMEOUT = 10  # Seconds; an IDLE answer alone takes distributed.IDLE_SECONDS.
@@ -82,8 +83,8 @@ class Chief:
         self.lost_at = None
         self.error = None
         self.heartbeats = {}
-        self.channel = grpc.insecure_channel(self.address)
-        self.stub = internals.service_grpc().OracleStub(self.channel)
+        self.channels = {}
+        self.channel = auth.channel(self.address, TOKEN, "test")
         self.thread = threading.Thread(target=self._serve, daemon=True, name="chief")
         self.thread.start()
         try:
@@ -108,22 +109,28 @@ class Chief:
 
     # -- A worker's calls ------------------------------------------------------
 
-    def create_trial(self, worker):
-        response = self.stub.CreateTrial(
-            internals.service().CreateTrialRequest(tuner_id=worker),
+    def stub(self, worker, token=TOKEN):
+        """A stub whose calls carry `token` and `worker`'s id, as a worker's client's do."""
+        if (worker, token) not in self.channels:
+            self.channels[worker, token] = auth.channel(self.address, token, worker)
+        return internals.service_grpc().OracleStub(self.channels[worker, token])
+
+    def create_trial(self, worker, tuner_id=None):
+        response = self.stub(worker).CreateTrial(
+            internals.service().CreateTrialRequest(tuner_id=tuner_id or worker),
             wait_for_ready=True, timeout=RPC_TIMEOUT)
         return Trial.from_proto(response.trial)
 
-    def finish(self, trial, accuracy=0.5):
+    def finish(self, trial, worker, accuracy=0.5):
         """Reports the trial's objective and ends it COMPLETED, as a worker's tuner does."""
         service = internals.service()
-        self.stub.UpdateTrial(
+        self.stub(worker).UpdateTrial(
             service.UpdateTrialRequest(trial_id=trial.trial_id,
                                        metrics={"val_accuracy": accuracy}, step=0),
             timeout=RPC_TIMEOUT)
         trial.status = TrialStatus.COMPLETED
-        self.stub.EndTrial(service.EndTrialRequest(trial=trial.to_proto()),
-                           timeout=RPC_TIMEOUT)
+        self.stub(worker).EndTrial(service.EndTrialRequest(trial=trial.to_proto()),
+                                   timeout=RPC_TIMEOUT)
 
     def keep_alive(self, worker):
         """Starts `worker`'s real heartbeat (it reads its id from the environment)."""
@@ -148,7 +155,8 @@ class Chief:
         if self.thread.is_alive():
             self.oracle.stopped = "the test is over"  # serve() raises SweepStopped.
             self.thread.join(timeout=10)
-        self.channel.close()
+        for channel in [self.channel, *self.channels.values()]:
+            channel.close()
         assert not self.thread.is_alive(), "serve() did not stop"
 
 
@@ -160,6 +168,7 @@ def chief_env(monkeypatch):
         monkeypatch.setenv(name, "unset")
         monkeypatch.delenv(name)
     monkeypatch.setattr(oracle_client, "TIMEOUT", oracle_client.TIMEOUT)
+    monkeypatch.setenv(auth.ENV_TOKEN, TOKEN)
     return monkeypatch
 
 
@@ -171,6 +180,7 @@ def serve_oracle(tmp_path, chief_env):
     def start(max_trials=2, spec=None):
         spec = spec or specfile.load("part2-narrow").with_overrides(max_trials=max_trials)
         chief = Chief(real_oracle(tmp_path, spec), chief_env)
+        chief.oracle_spec = spec
         chiefs.append(chief)
         return chief
 
@@ -197,6 +207,14 @@ def test_set_role_worker_without_an_id_gets_one_of_its_own(chief_env):
     assert distributed.role() == "worker"
     assert distributed.tuner_id() == f"worker{os.getpid()}"
     assert distributed.tuner_id() != "chief"
+
+
+def test_set_role_refuses_a_chief_or_worker_without_a_token(chief_env):
+    chief_env.delenv(auth.ENV_TOKEN)
+    for role in ("chief", "worker"):
+        with pytest.raises(auth.TokenMissing, match=f"--role {role} needs the oracle's "
+                                                    f"shared token: set {auth.ENV_TOKEN}"):
+            distributed.set_role(role, "127.0.0.1:40125", "w1")
 
 
 def test_set_role_chief(chief_env):
@@ -246,7 +264,7 @@ def test_a_worker_waits_while_others_run_the_last_trials(serve_oracle):
     first, second = chief.create_trial("w1"), chief.create_trial("w2")
     assert (first.trial_id, second.trial_id) == ("0", "1")  # The budget is spent.
 
-    chief.finish(first)
+    chief.finish(first, "w1")
     waiting = chief.create_trial("w1")  # Only w2's trial is left: w1 must stay.
     assert waiting.status == TrialStatus.IDLE
     assert "w1" in chief.oracle.tuner_ids
@@ -262,7 +280,7 @@ def test_a_worker_waits_while_others_run_the_last_trials(serve_oracle):
     assert retried.status == TrialStatus.RUNNING
     assert retried.trial_id == second.trial_id
 
-    chief.finish(retried)
+    chief.finish(retried, "w1")
     # w3 first: a worker only ever told IDLE is not one the chief waits for.
     assert chief.create_trial("w3").status == TrialStatus.STOPPED
     assert chief.create_trial("w1").status == TrialStatus.STOPPED
@@ -275,8 +293,8 @@ def test_the_chief_stops_every_worker_then_returns_when_all_trials_ended(serve_o
     chief.keep_alive("w1")
     chief.keep_alive("w2")
     first, second = chief.create_trial("w1"), chief.create_trial("w2")
-    chief.finish(first, 0.4)
-    chief.finish(second, 0.6)
+    chief.finish(first, "w1", 0.4)
+    chief.finish(second, "w2", 0.6)
 
     assert chief.create_trial("w1").status == TrialStatus.STOPPED
     time.sleep(POLL_SECONDS * 5)
@@ -288,7 +306,7 @@ def test_the_chief_stops_every_worker_then_returns_when_all_trials_ended(serve_o
     assert chief.oracle.end_order == ["0", "1"]
     assert chief.oracle.get_best_trials(1)[0].trial_id == "1"
     with pytest.raises(grpc.RpcError) as error:  # The server is gone with serve().
-        chief.stub.GetSpace(internals.service().GetSpaceRequest(), timeout=1)
+        chief.stub("w1").GetSpace(internals.service().GetSpaceRequest(), timeout=1)
     assert error.value.code() in (grpc.StatusCode.UNAVAILABLE,
                                   grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -299,8 +317,12 @@ def test_a_lost_trial_fails_when_no_worker_is_left_to_run_it(tmp_path, serve_ora
     chief = serve_oracle(spec=specfile.load(path))
     only = chief.create_trial("w1")  # w1 has no heartbeat: it dies in its trial.
     assert only.status == TrialStatus.RUNNING
-    # The space is spent (not the budget of 3): w2 is told to stop, and leaves.
-    assert chief.create_trial("w2").status == TrialStatus.STOPPED
+    # The space is spent (not the budget of 3), but w1's trial still runs: w2 waits,
+    # in case w1 dies.
+    chief.keep_alive("w2")
+    assert chief.create_trial("w2").status == TrialStatus.IDLE
+    assert "w2" in chief.oracle.tuner_ids
+    chief.go_silent("w2")  # And then w2 dies too, holding no trial.
 
     chief.wait_until_served()
     assert chief.lost == [("w1", only.trial_id, True), (None, only.trial_id, False)]
@@ -308,6 +330,39 @@ def test_a_lost_trial_fails_when_no_worker_is_left_to_run_it(tmp_path, serve_ora
     assert trial.status == TrialStatus.FAILED
     assert "no worker was left" in trial.message
     assert chief.oracle.ongoing_trials == {}
+
+
+def test_a_waiting_worker_reruns_a_lost_trial_when_the_space_is_spent(tmp_path,
+                                                                     serve_oracle):
+    path = tmp_path / "one-config.yaml"
+    path.write_text(ONE_CONFIGURATION)
+    chief = serve_oracle(spec=specfile.load(path))
+    only = chief.create_trial("w1")  # w1 has no heartbeat: it dies in its trial.
+    chief.keep_alive("w2")
+    assert chief.create_trial("w2").status == TrialStatus.IDLE  # Not STOPPED: w1 runs.
+
+    wait_for(lambda: chief.lost, what="w1 to count as lost")
+    retried = chief.create_trial("w2")
+    assert (retried.status, retried.trial_id) == (TrialStatus.RUNNING, only.trial_id)
+    chief.finish(retried, "w2")
+    assert chief.create_trial("w2").status == TrialStatus.STOPPED
+    chief.wait_until_served()
+    assert chief.oracle.trials[only.trial_id].status == TrialStatus.COMPLETED
+
+
+def test_a_worker_that_dies_between_trials_does_not_keep_the_chief_waiting(serve_oracle):
+    chief = serve_oracle(max_trials=2)
+    chief.keep_alive("w1")
+    chief.keep_alive("w2")
+    first, second = chief.create_trial("w1"), chief.create_trial("w2")
+    chief.finish(second, "w2")
+    chief.go_silent("w2")  # w2 dies before it asks for another trial.
+    assert "w2" in chief.oracle.tuner_ids
+    chief.finish(first, "w1")
+    assert chief.create_trial("w1").status == TrialStatus.STOPPED
+    chief.wait_until_served(timeout=WORKER_TIMEOUT + 5)  # Not forever.
+    assert chief.lost == []  # It held no trial: nothing to re-issue.
+    assert "w2" not in chief.oracle.tuner_ids
 
 
 def test_serve_raises_when_the_oracle_stops_the_sweep(serve_oracle):
@@ -347,3 +402,97 @@ def test_heartbeat_updates_the_chiefs_last_seen_for_its_worker(tmp_path, chief_e
         if heartbeat is not None:
             heartbeat.stop()
         server.stop(grace=None)
+
+
+# -- Strangers and bogus requests ------------------------------------------------
+
+ALL_CALLS = {
+    "GetSpace": lambda s: s.GetSpaceRequest(),
+    "UpdateSpace": lambda s: s.UpdateSpaceRequest(),
+    "CreateTrial": lambda s: s.CreateTrialRequest(tuner_id="stranger"),
+    "UpdateTrial": lambda s: s.UpdateTrialRequest(trial_id="0", metrics={"val_accuracy": 1}),
+    "EndTrial": lambda s: s.EndTrialRequest(),
+    "GetTrial": lambda s: s.GetTrialRequest(trial_id="0"),
+    "GetBestTrials": lambda s: s.GetBestTrialsRequest(num_trials=1),
+}
+
+
+@pytest.mark.parametrize("token", [None, "a-wrong-token-of-the-same-length-01"],
+                         ids=["no-token", "wrong-token"])
+def test_a_stranger_is_refused_every_call_and_changes_nothing(serve_oracle, token):
+    chief = serve_oracle(max_trials=2)
+    first = chief.create_trial("w1")
+    before = (dict(chief.oracle.ongoing_trials), set(chief.oracle.tuner_ids),
+              len(chief.oracle.trials))
+    channel = (grpc.insecure_channel(chief.address) if token is None
+               else auth.channel(chief.address, token, "w1"))
+    stub = internals.service_grpc().OracleStub(channel)
+    try:
+        for name, request in ALL_CALLS.items():
+            with pytest.raises(grpc.RpcError) as error:
+                getattr(stub, name)(request(internals.service()), timeout=RPC_TIMEOUT)
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+    finally:
+        channel.close()
+    assert (dict(chief.oracle.ongoing_trials), set(chief.oracle.tuner_ids),
+            len(chief.oracle.trials)) == before
+    assert chief.oracle.trials[first.trial_id].status == TrialStatus.RUNNING
+
+
+def test_bogus_requests_are_answered_and_the_oracle_goes_on(serve_oracle):
+    chief = serve_oracle(max_trials=2)
+    chief.keep_alive("w1")
+    chief.keep_alive("w2")
+    trial = chief.create_trial("w1")
+    service = internals.service()
+
+    def refused(worker, name, request):
+        with pytest.raises(grpc.RpcError) as error:
+            getattr(chief.stub(worker), name)(request, timeout=RPC_TIMEOUT)
+        return error.value.code()
+
+    ended = Trial.from_proto(trial.to_proto())
+    ended.status = TrialStatus.COMPLETED
+    running = Trial.from_proto(trial.to_proto())
+    NOT_FOUND, DENIED, INVALID = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
+                                  grpc.StatusCode.INVALID_ARGUMENT)
+    # An unknown trial id: Keras Tuner's oracle would raise inside its lock and hang.
+    assert refused("w1", "UpdateTrial", service.UpdateTrialRequest(
+        trial_id="no-such-trial", metrics={"val_accuracy": 1.0})) == NOT_FOUND
+    assert refused("w1", "GetTrial", service.GetTrialRequest(trial_id="nope")) == NOT_FOUND
+    # Another worker's trial: neither its metrics nor its end.
+    assert refused("w2", "UpdateTrial", service.UpdateTrialRequest(
+        trial_id=trial.trial_id, metrics={"val_accuracy": 1.0})) == DENIED
+    assert refused("w2", "EndTrial", service.EndTrialRequest(trial=ended.to_proto())) == DENIED
+    assert refused("w2", "CreateTrial", service.CreateTrialRequest(tuner_id="w1")) == DENIED
+    # A trial "ended" RUNNING, a space rewritten, an absurd count, no worker id.
+    assert refused("w1", "EndTrial", service.EndTrialRequest(trial=running.to_proto())) == INVALID
+    assert refused("w1", "UpdateSpace", service.UpdateSpaceRequest()) == DENIED
+    assert refused("w1", "GetBestTrials", service.GetBestTrialsRequest(num_trials=10**6)) == INVALID
+    assert refused("", "GetSpace", service.GetSpaceRequest()) == INVALID
+    # Bytes that are no message at all.
+    raw = chief.channels["w1", TOKEN].unary_unary("/keras_tuner.Oracle/CreateTrial")
+    with pytest.raises(grpc.RpcError) as error:
+        raw(b"\xff\x00garbage\x01", timeout=RPC_TIMEOUT)
+    assert error.value.code() == grpc.StatusCode.INTERNAL  # Refused as it is parsed.
+
+    # Nothing above changed the oracle, and its lock is free: the sweep finishes.
+    assert chief.oracle.ongoing_trials["w1"].trial_id == trial.trial_id
+    assert chief.oracle.trials[trial.trial_id].status == TrialStatus.RUNNING
+    second = chief.create_trial("w2")
+    chief.finish(trial, "w1")
+    chief.finish(second, "w2")
+    for worker in ("w1", "w2"):
+        assert chief.create_trial(worker).status == TrialStatus.STOPPED
+    chief.wait_until_served()
+    assert sorted(chief.oracle.end_order) == ["0", "1"]
+
+
+def test_a_second_chief_on_a_taken_port_fails_at_once(serve_oracle, tmp_path):
+    chief = serve_oracle(max_trials=2)
+    started = time.monotonic()
+    with pytest.raises(InputError, match=r"--oracle: cannot listen on 127\.0\.0\.1:\d+: "
+                                         r"the port is taken"):
+        distributed.serve(real_oracle(tmp_path / "second", chief.oracle_spec))
+    assert time.monotonic() - started < 5
+    assert chief.thread.is_alive()  # The first chief is untouched.

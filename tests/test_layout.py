@@ -17,7 +17,7 @@ LAYERS = [
     {"errors", "tracking.names"},
     {"spec", "data", "device", "progress"},
     {"specfile", "space"},
-    {"model", "gradients", "plots", "tracking.server", "packed"},
+    {"model", "gradients", "plots", "tracking.server", "packed", "search.auth"},
     {"tracking.runs", "tracking.trial_run"},
     {"search.internals", "search.oracles", "search.distributed", "search.local_cluster",
      "search.tuner", "search.packing"},

@@ -13,6 +13,11 @@ ends it as failed, so a sweep always finishes. A worker that asks for a trial wh
 the budget is spent but other workers' trials are still running is told to wait
 (Keras Tuner's IDLE) instead of to exit, so it is still there to take a trial back
 from a worker that dies.
+
+Every call carries the sweep's shared token (`auth`), and the chief checks each
+request before it reaches the oracle: Keras Tuner's oracle lock is never released
+when a call inside it raises, so an update for an unknown trial would hang the
+chief. A trial may be updated or ended only by the worker it was handed to.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ import grpc
 from keras_tuner import synchronized
 from keras_tuner.engine.trial import Trial, TrialStatus
 
-from pipeline.errors import SweepStopped
-from pipeline.search import internals
+from pipeline.errors import InputError, SweepStopped
+from pipeline.search import auth, internals
 
 ENV_ID = "KERASTUNER_TUNER_ID"
 ENV_IP = "KERASTUNER_ORACLE_IP"
@@ -35,20 +40,25 @@ ENV_PORT = "KERASTUNER_ORACLE_PORT"
 HEARTBEAT_SECONDS = 2.0
 WORKER_TIMEOUT = 60.0
 CHIEF_TIMEOUT = 600.0
-METADATA_KEY = "tuner-id"
 IDLE_SECONDS = 1.0  # How long the chief holds a waiting worker's request.
+MAX_CONCURRENT_CALLS = 64  # Beyond this the server answers RESOURCE_EXHAUSTED.
+SERVER_THREADS = 32  # Waiting workers each hold a thread for up to `IDLE_SECONDS`.
+ENDED = {TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.INVALID}
 
 
-def set_role(role, oracle_address, worker_id=None, chief_timeout=CHIEF_TIMEOUT):
+def set_role(role, oracle_address, worker_id=None, chief_timeout=CHIEF_TIMEOUT, token=None):
     """Sets Keras Tuner's environment for this process (`role`: chief or worker).
 
     `chief_timeout` bounds how long a worker waits for the chief to answer (Keras
     Tuner waits an hour, which keeps a batch job alive long after its chief is gone).
+    `token` is the sweep's shared secret (`auth`); it is kept in the environment,
+    never on a command line.
     """
     host, _, port = oracle_address.rpartition(":")
     os.environ[ENV_IP] = host
     os.environ[ENV_PORT] = port
     os.environ[ENV_ID] = "chief" if role == "chief" else (worker_id or f"worker{os.getpid()}")
+    os.environ[auth.ENV_TOKEN] = auth.require(token or os.environ.get(auth.ENV_TOKEN), role)
     internals.set_client_timeout(chief_timeout)
 
 
@@ -63,13 +73,21 @@ def tuner_id():
     return os.environ.get(ENV_ID, "tuner0")
 
 
+def _channel():
+    return auth.channel(f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}",
+                        os.environ[auth.ENV_TOKEN], tuner_id())
+
+
+def authenticate(oracle_client):
+    """Makes a worker's Keras Tuner client send the token and its id with every call."""
+    internals.set_client_stub(oracle_client, internals.service_grpc().OracleStub(_channel()))
+
+
 class Heartbeat:
     """A worker's background heartbeat to the chief, so the chief sees it is alive."""
 
     def __init__(self, interval=HEARTBEAT_SECONDS):
-        address = f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}"
-        self._stub = internals.service_grpc().OracleStub(grpc.insecure_channel(address))
-        self._metadata = [(METADATA_KEY, tuner_id())]
+        self._stub = internals.service_grpc().OracleStub(_channel())
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="heartbeat")
@@ -79,7 +97,7 @@ class Heartbeat:
         while not self._stop.wait(self._interval):
             try:
                 self._stub.GetSpace(internals.service().GetSpaceRequest(),
-                                    metadata=self._metadata, timeout=self._interval * 5)
+                                    timeout=self._interval * 5)
             except grpc.RpcError:
                 pass  # The chief is busy or gone; the trial's own calls will tell.
 
@@ -88,36 +106,106 @@ class Heartbeat:
 
 
 class WatchingServicer(internals.OracleServicer):
-    """Keras Tuner's servicer, noting when each worker was last heard from."""
+    """Keras Tuner's servicer, checking each request and noting when each worker was
+    last heard from."""
 
     def __init__(self, oracle, idle_seconds=IDLE_SECONDS):
         super().__init__(oracle)
         self.last_seen = {}
         self.idle_seconds = idle_seconds
 
-    def _seen(self, tuner_id):
-        self.last_seen[tuner_id] = time.monotonic()
+    def _seen(self, context):
+        worker = auth.caller(context)
+        if not worker:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no worker id in the call")
+        self.last_seen[worker] = time.monotonic()
+        return worker
 
     def GetSpace(self, request, context):
-        for key, value in context.invocation_metadata():
-            if key == METADATA_KEY:
-                self._seen(value)
+        self._seen(context)
         return super().GetSpace(request, context)
 
+    def UpdateSpace(self, request, context):
+        self._seen(context)
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "the search space is the chief's")
+
     def CreateTrial(self, request, context):
-        self._seen(request.tuner_id)
-        if _only_others_running(self.oracle, request.tuner_id):
-            time.sleep(self.idle_seconds)  # Keras Tuner's worker asks again at once.
-            trial = Trial(self.oracle.get_space(), status=TrialStatus.IDLE)
-            return internals.service().CreateTrialResponse(trial=trial.to_proto())
-        return super().CreateTrial(request, context)
+        worker = self._seen(context)
+        if request.tuner_id != worker and not request.tuner_id.startswith(f"{worker}/"):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"worker {worker!r} asked for a trial as {request.tuner_id!r}")
+        if not _only_others_running(self.oracle, request.tuner_id):
+            response = super().CreateTrial(request, context)
+            stopped = Trial.from_proto(response.trial).status == TrialStatus.STOPPED
+            if not stopped or not _waits_for_others(self.oracle, request.tuner_id):
+                return response
+        time.sleep(self.idle_seconds)  # Keras Tuner's worker asks again at once.
+        trial = Trial(self.oracle.get_space(), status=TrialStatus.IDLE)
+        return internals.service().CreateTrialResponse(trial=trial.to_proto())
+
+    def UpdateTrial(self, request, context):
+        self._check_holder(request.trial_id, context)
+        if len(request.metrics) > 64 or any(len(k) > 128 for k in request.metrics):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "too many or too long metrics")
+        return super().UpdateTrial(request, context)
+
+    def EndTrial(self, request, context):
+        self._check_holder(request.trial.trial_id, context)
+        try:
+            trial = Trial.from_proto(request.trial)
+        except Exception:  # noqa: BLE001 - any malformed trial is refused alike.
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed trial")
+        if trial.status not in ENDED:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"a trial ends {', '.join(sorted(ENDED))}, not {trial.status}")
+        return super().EndTrial(request, context)
+
+    def GetTrial(self, request, context):
+        self._seen(context)
+        if request.trial_id not in self.oracle.trials:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no trial {request.trial_id!r}")
+        return super().GetTrial(request, context)
+
+    def GetBestTrials(self, request, context):
+        self._seen(context)
+        if not 0 < request.num_trials <= 1000:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "num_trials must be 1-1000")
+        return super().GetBestTrials(request, context)
+
+    def _check_holder(self, trial_id, context):
+        """Aborts unless `trial_id` is a running trial handed to the calling worker."""
+        worker = self._seen(context)
+        holder = _holder(self.oracle, trial_id)
+        if holder is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no running trial {trial_id!r}")
+        if holder != worker and not holder.startswith(f"{worker}/"):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"trial {trial_id} is not {worker!r}'s (re-issued or never its)")
+
+
+@synchronized
+def _holder(oracle, trial_id):
+    """The tuner id that runs `trial_id` now (None when no one does)."""
+    return next((tid for tid, trial in oracle.ongoing_trials.items()
+                 if trial.trial_id == trial_id), None)
 
 
 @synchronized
 def _only_others_running(oracle, tuner_id):
     """Whether the trial budget is spent while other workers' trials still run."""
-    return (oracle.budget_spent() and tuner_id not in oracle.ongoing_trials
-            and any(other != tuner_id for other in oracle.ongoing_trials))
+    if not (oracle.budget_spent() and tuner_id not in oracle.ongoing_trials):
+        return False
+    return _waits_for_others(oracle, tuner_id)
+
+
+@synchronized
+def _waits_for_others(oracle, tuner_id):
+    """True, and `tuner_id` kept registered, when other workers' trials still run, so
+    that this worker is told to wait (and can take over a lost worker's trial)."""
+    if any(other != tuner_id for other in oracle.ongoing_trials):
+        oracle.tuner_ids.add(tuner_id)
+        return True
+    return False
 
 
 @synchronized
@@ -151,30 +239,24 @@ def _fail_orphans(oracle, reason):
         yield trial
 
 
-def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0):
+def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0,
+          idle_seconds=IDLE_SECONDS):
     """Runs the chief's oracle server until every trial is done (Keras Tuner's loop).
 
     Args:
         oracle: the sweep's oracle.
         on_lost: called as `on_lost(tuner_id, trial, re_issued)` for each trial of a
             worker that went silent for `worker_timeout` seconds.
-        worker_timeout: seconds without a heartbeat before a worker counts as lost.
+        worker_timeout: seconds without a call before a worker counts as lost.
         poll_seconds: how often to check.
+        idle_seconds: how long a worker told to wait is held before the answer.
     """
-    # Waiting workers each hold a thread for up to `IDLE_SECONDS`.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
-    servicer = WatchingServicer(oracle)
-    internals.service_grpc().add_OracleServicer_to_server(servicer, server)
-    server.add_insecure_port(f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}")
-    server.start()
+    servicer = WatchingServicer(oracle, idle_seconds)
+    server = _start_server(servicer)
     try:
         while True:
             time.sleep(poll_seconds)
-            now = time.monotonic()
-            for worker, trial in list(oracle.ongoing_trials.items()):
-                seen = servicer.last_seen.setdefault(worker, now)
-                if now - seen > worker_timeout and _give_back(oracle, worker) and on_lost:
-                    on_lost(worker, trial, True)
+            _drop_silent(oracle, servicer.last_seen, worker_timeout, on_lost)
             if servicer.stop_triggered and not oracle.tuner_ids:
                 for trial in _fail_orphans(oracle, "its worker was lost and no worker "
                                                    "was left to re-run it"):
@@ -186,3 +268,35 @@ def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0)
                 return
     finally:
         server.stop(grace=5)
+
+
+def _start_server(servicer):
+    """The oracle's gRPC server: token checked, bounded, alone on its port."""
+    address = f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_THREADS),
+                         interceptors=[auth.TokenCheck(os.environ[auth.ENV_TOKEN])],
+                         maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,
+                         options=[("grpc.so_reuseport", 0)])
+    internals.service_grpc().add_OracleServicer_to_server(servicer, server)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise InputError(f"--oracle: cannot listen on {address}: the port is taken (another "
+                         "chief?) or the address is not this machine's")
+    server.start()
+    return server
+
+
+def _drop_silent(oracle, last_seen, worker_timeout, on_lost):
+    """Gives back the trials of workers silent for `worker_timeout`, and forgets those
+    workers, so that a dead worker never keeps the chief waiting."""
+    now = time.monotonic()
+    for worker in list(oracle.ongoing_trials) + list(oracle.tuner_ids):
+        holder = worker.split("/")[0]  # A packed worker's trials run under sub ids.
+        seen = last_seen.setdefault(holder, now)
+        if now - seen > worker_timeout:
+            trial = _give_back(oracle, worker)
+            if trial is not None and on_lost:
+                on_lost(worker, trial, True)

@@ -12,7 +12,8 @@ Relied on (`MODULE_NAMES`, `CLASS_NAMES`, `ORACLE_STATE`):
 - `keras_tuner.src.distribute.oracle_chief`: `OracleServicer` (subclassed to note
   each worker's last call and to answer IDLE), `exit_chief(oracle)`.
 - `keras_tuner.src.distribute.oracle_client`: `TIMEOUT`, the seconds every call
-  of a worker's client waits (an hour by default; `--chief-timeout` sets it).
+  of a worker's client waits (an hour by default; `--chief-timeout` sets it);
+  `OracleClient.stub`, replaced by a stub whose calls carry the sweep's token.
 - `keras_tuner.src.distribute.utils`: `has_chief_oracle()`, `is_chief_oracle()`.
 - `Oracle` methods overridden or called: `_duplicate(values)` (flags infeasible
   draws), `_random_values()` (a fresh feasible draw), `_check_consecutive_failures()`
@@ -88,6 +89,13 @@ def service_grpc():
 def set_client_timeout(seconds):
     """How long a worker's calls to the chief wait before they fail."""
     oracle_client.TIMEOUT = seconds
+
+
+def set_client_stub(oracle_client_, stub):
+    """Makes a worker's `OracleClient` call the chief through `stub`."""
+    if not isinstance(oracle_client_, oracle_client.OracleClient):
+        raise TypeError(f"not a Keras Tuner OracleClient: {type(oracle_client_).__name__}")
+    oracle_client_.stub = stub
 
 
 def has_chief():

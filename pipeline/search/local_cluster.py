@@ -1,7 +1,9 @@
 """`--workers N`: a chief and N workers of one sweep, as processes on this machine.
 
 Each process is the same `python -m pipeline sweep` command with a role, exactly
-what a cluster scheduler would start on separate nodes (see `deploy/`). SIGTERM
+what a cluster scheduler would start on separate nodes (see `deploy/`). The chief
+listens on 127.0.0.1 only, and the processes share a random token made for this
+run, passed in their environment. SIGTERM
 and SIGINT are forwarded to all of them, and the chief's exit status is returned:
 0 when the sweep finished.
 """
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from pipeline.search import distributed
+from pipeline.search import auth, distributed
 
 # How long the chief may take to notice lost workers and finish after the last
 # worker exits, beyond the worker timeout itself.
@@ -37,6 +39,11 @@ def commands(sweep_args, workers, port, threads):
                     "--threads", str(threads)] for i in range(workers)]
 
 
+def _launcher_run(environ):
+    """The chief keeps `mlflow run`'s run id (its parent run); workers do not."""
+    return {"MLFLOW_RUN_ID": environ["MLFLOW_RUN_ID"]} if "MLFLOW_RUN_ID" in environ else {}
+
+
 def run(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT):
     """Runs a chief and `workers` workers until the chief exits.
 
@@ -51,9 +58,12 @@ def run(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT):
     """
     threads = max(1, (os.cpu_count() or 1) // workers)
     chief_cmd, worker_cmds = commands(sweep_args, workers, free_port(), threads)
-    worker_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
-    chief = subprocess.Popen(chief_cmd)
-    procs = [subprocess.Popen(cmd, env=worker_env) for cmd in worker_cmds]
+    token = {auth.ENV_TOKEN: auth.new_token()}
+    worker_env = {k: v for k, v in os.environ.items()
+                  if k not in ("MLFLOW_RUN_ID", auth.ENV_TOKEN_FILE)}
+    chief = subprocess.Popen(chief_cmd, env={**worker_env, **token,
+                                             **_launcher_run(os.environ)})
+    procs = [subprocess.Popen(cmd, env={**worker_env, **token}) for cmd in worker_cmds]
     everyone = [chief, *procs]
 
     def forward(signum, frame):

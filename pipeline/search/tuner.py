@@ -57,6 +57,8 @@ class SweepTuner(keras_tuner.Tuner):
         oracle.verbose = 0  # Our own one-line progress replaces Keras Tuner's table.
         super().__init__(oracle=oracle, hypermodel=MnistHyperModel(space, options),
                          **kwargs)
+        if distributed.role() == "worker":
+            distributed.authenticate(self.oracle)
         self.spec = spec
         self.space = space
         self.experiment = experiment

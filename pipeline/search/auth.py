@@ -1,0 +1,122 @@
+"""The oracle's shared token: every gRPC call between chief and workers carries it.
+
+Keras Tuner's oracle server trusts whoever reaches its port: a stranger could claim
+trials, report a fake best trial, or end the sweep. Here every call carries gRPC
+metadata `authorization: Bearer <token>`, and the chief answers a call without the
+right token `UNAUTHENTICATED` before it reaches the oracle.
+
+The token comes from `MNIST_SWEEPS_ORACLE_TOKEN`, or from a file named by
+`--oracle-token-file` (or `MNIST_SWEEPS_ORACLE_TOKEN_FILE`); it never appears on a
+command line or in a log. `--workers N` makes a random one for its processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+import grpc
+
+from pipeline.errors import InputError
+
+ENV_TOKEN = "MNIST_SWEEPS_ORACLE_TOKEN"
+ENV_TOKEN_FILE = "MNIST_SWEEPS_ORACLE_TOKEN_FILE"
+TOKEN_KEY = "authorization"
+WORKER_KEY = "tuner-id"  # The calling worker's id, for requests that do not carry it.
+MIN_TOKEN_LENGTH = 16
+
+
+class TokenMissing(InputError):
+    """A chief or worker was started without the oracle's token."""
+
+    param = ENV_TOKEN
+
+
+def new_token():
+    return secrets.token_urlsafe(32)
+
+
+def load_token(token_file=None, environ=os.environ):
+    """The token from `token_file`, else `$MNIST_SWEEPS_ORACLE_TOKEN` (None if neither).
+
+    Raises:
+        InputError: the file cannot be read, or the token is too short to guess-proof.
+    """
+    token, source = environ.get(ENV_TOKEN), ENV_TOKEN
+    if token_file:
+        source = "--oracle-token-file"
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--oracle-token-file: cannot read {token_file}: "
+                             f"{getattr(e, 'strerror', None) or 'not UTF-8 text'}") from None
+    if token is None:
+        return None
+    if len(token.strip()) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token.strip()):
+        raise InputError(f"{source}: the oracle token must be at least {MIN_TOKEN_LENGTH} "
+                         "characters with no spaces (e.g. python -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))')")
+    return token.strip()
+
+
+def require(token, role):
+    if not token:
+        raise TokenMissing(
+            f"--role {role} needs the oracle's shared token: set {ENV_TOKEN} or pass "
+            f"--oracle-token-file (every chief and worker of the sweep uses the same one)")
+    return token
+
+
+# -- the chief -------------------------------------------------------------------
+
+def _refuse(request, context):
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong oracle token")
+
+
+class TokenCheck(grpc.ServerInterceptor):
+    """Answers `UNAUTHENTICATED` to any call without `authorization: Bearer <token>`."""
+
+    def __init__(self, token):
+        self._expected = f"Bearer {token}".encode()
+        self._refusal = grpc.unary_unary_rpc_method_handler(_refuse)
+
+    def intercept_service(self, continuation, handler_call_details):
+        sent = dict(handler_call_details.invocation_metadata or ()).get(TOKEN_KEY, "")
+        if isinstance(sent, str):
+            sent = sent.encode()
+        if hmac.compare_digest(sent, self._expected):
+            return continuation(handler_call_details)
+        return self._refusal
+
+
+def caller(context):
+    """The calling worker's id, as its client sent it (None if absent)."""
+    return dict(context.invocation_metadata()).get(WORKER_KEY)
+
+
+# -- a worker --------------------------------------------------------------------
+
+class _Credentials(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self, token, worker_id):
+        self._metadata = ((TOKEN_KEY, f"Bearer {token}"), (WORKER_KEY, worker_id))
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        d = client_call_details
+        details = _CallDetails(d.method, d.timeout, tuple(d.metadata or ()) + self._metadata,
+                               d.credentials, d.wait_for_ready, d.compression)
+        return continuation(details, request)
+
+
+class _CallDetails(collections.namedtuple("_CallDetails", (
+        "method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):
+    """A call's details with the credentials' metadata added."""
+
+
+def channel(address, token, worker_id):
+    """A channel to the chief whose every call carries the token and the worker's id."""
+    return grpc.intercept_channel(grpc.insecure_channel(address),
+                                  _Credentials(token, worker_id))
