@@ -12,6 +12,7 @@ import fcntl
 import os
 import shutil
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from pipeline.search.tuner import SweepTuner
 from pipeline.tracking import names, runs
 
 DEFAULT_DIRECTORY = "kt_sweeps"
+# How long a worker that finds its sweep finished waits for a chief to reopen it.
+FINISHED_WAIT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,26 @@ def _run_worker(spec, space, dataset, project, settings):
                        project_name=project)
     progress.say(f"worker for {project} on {settings.devices}, oracle at "
                  f"{os.environ[distributed.ENV_IP]}:{os.environ[distributed.ENV_PORT]}")
+    if _already_finished(settings.experiment, project):
+        progress.say("the sweep already finished and no chief reopened it: nothing to do")
+        return Result(spec.name, None, None, None, True)
     try:
         with _sigterm_raises():
             tuner.search(dataset)
     except grpc.RpcError as e:
         raise OracleLost(f"lost the chief's oracle: {e.code().name}") from None
     return Result(spec.name, tuner.parent.run_id, None, None, False)
+
+
+def _already_finished(experiment, project, wait_seconds=FINISHED_WAIT_SECONDS):
+    """Whether the sweep stays finished: a chief extending it reopens it within
+    `wait_seconds` (a nightly job's worker may start before its chief)."""
+    deadline = time.monotonic() + wait_seconds
+    while runs.sweep_finished(experiment, project):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(2)
+    return False
 
 
 def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id,

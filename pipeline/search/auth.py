@@ -35,6 +35,12 @@ class TokenMissing(InputError):
     param = ENV_TOKEN
 
 
+class BadToken(InputError):
+    """The token (or its file) cannot be used."""
+
+    param = "'--oracle-token-file'"
+
+
 def new_token():
     return secrets.token_urlsafe(32)
 
@@ -47,25 +53,27 @@ def load_token(token_file=None, environ=os.environ):
     """
     token, source = environ.get(ENV_TOKEN), ENV_TOKEN
     if token_file:
-        source = "--oracle-token-file"
+        source = BadToken.param
         try:
             token = Path(token_file).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"--oracle-token-file: cannot read {token_file}: "
-                             f"{getattr(e, 'strerror', None) or 'not UTF-8 text'}") from None
+            raise BadToken(f"cannot read {token_file}: "
+                           f"{getattr(e, 'strerror', None) or 'not UTF-8 text'}") from None
     if token is None:
         return None
     if len(token.strip()) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token.strip()):
-        raise InputError(f"{source}: the oracle token must be at least {MIN_TOKEN_LENGTH} "
-                         "characters with no spaces (e.g. python -c 'import secrets; "
+        error = BadToken(f"the oracle token must be at least {MIN_TOKEN_LENGTH} characters "
+                         "with no spaces (e.g. python -c 'import secrets; "
                          "print(secrets.token_urlsafe(32))')")
+        error.param = source
+        raise error
     return token.strip()
 
 
 def require(token, role):
     if not token:
         raise TokenMissing(
-            f"--role {role} needs the oracle's shared token: set {ENV_TOKEN} or pass "
+            f"--role {role} needs the oracle's shared token: set it or pass "
             f"--oracle-token-file (every chief and worker of the sweep uses the same one)")
     return token
 

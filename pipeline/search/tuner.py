@@ -27,6 +27,8 @@ from pipeline.search import distributed, packing
 from pipeline.search.oracles import failure_reason, make_oracle
 from pipeline.tracking import names, runs, trial_run
 
+WORKER_ATTEMPTS = 2  # A worker trains a trial whose logging failed once more.
+
 # Every trial builds a new model, so Keras traces a new step function per trial;
 # TensorFlow's "retracing" warning about that is expected here.
 tf.get_logger().setLevel("ERROR")
@@ -139,7 +141,24 @@ class SweepTuner(keras_tuner.Tuner):
             self._heartbeat.stop()
 
     def run_trial(self, trial, dataset):
-        """Trains, evaluates and logs one configuration; returns its final metrics."""
+        """Trains, evaluates and logs one configuration; returns its final metrics.
+
+        A worker reports a trial to the chief only once its run is written whole (so
+        the chief never ends the sweep while a worker still writes), and trains a
+        trial whose logging failed once more before it gives up on it.
+        """
+        if distributed.role() != "worker":
+            return self._run_trial(trial, dataset)
+        for _ in range(WORKER_ATTEMPTS):
+            metrics = self._run_trial(trial, dataset)
+            self.wait_for_logging()
+            if trial.trial_id not in self.unlogged:
+                return metrics
+            self.unlogged.remove(trial.trial_id)
+        raise LoggingFailed(f"trial {trial.trial_id} could not be logged to MLflow in "
+                            f"{WORKER_ATTEMPTS} attempts")
+
+    def _run_trial(self, trial, dataset):
         start = time.perf_counter()
         config = self.space.config(trial.hyperparameters.values)
         self._outcome[trial.trial_id] = (config, start, None)
@@ -191,8 +210,7 @@ class SweepTuner(keras_tuner.Tuner):
                 run.wait()
             except LoggingFailed as e:
                 self.unlogged.append(trial_id)
-                self.progress.say(f"trial {trial_id}: {e}; it runs again when the sweep is "
-                                  "resumed")
+                self.progress.say(f"trial {trial_id}: {e}; it runs again")
 
     def requeue_unlogged(self):
         """Hands completed trials without a FINISHED run back to the oracle to run again.

@@ -121,6 +121,17 @@ def find_parent(experiment, sweep_key, wait_seconds=300):
         time.sleep(2)
 
 
+def sweep_finished(experiment, sweep_key):
+    """Whether this sweep's newest parent run ended FINISHED (no chief runs it now)."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return False
+    newest = client.search_runs([exp.experiment_id], f"tags.{names.SWEEP_KEY} = '{sweep_key}'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    return bool(newest) and newest[0].info.status == "FINISHED"
+
+
 def end_parent(parent, status, best=None):
     """Records the best trial on the parent and ends it with `status`."""
     if best is not None:

@@ -1,0 +1,112 @@
+"""Faults at scale, with real processes: a chief and a worker started as a scheduler
+would (`--role`), a real PostgreSQL-backed `mlflow server`, and callers on the
+oracle's port that are not the sweep's."""
+
+import signal
+
+import grpc
+import keras_tuner
+import mlflow
+import pytest
+from keras_tuner.engine.trial import Trial, TrialStatus
+from servers import SweepProcess, free_port, wait_for
+from test_scale import check_complete, runs, sweep_args
+
+from pipeline.search import auth, internals
+from pipeline.tracking import names
+
+pytestmark = pytest.mark.slow
+
+TOKEN = auth.new_token()
+
+
+def start(mnist_path, workdir, port, trials, *extra, role="chief", worker_id=None):
+    args = sweep_args(mnist_path, trials, "--role", role, "--oracle", f"127.0.0.1:{port}",
+                      *extra, epochs=10)
+    if worker_id:
+        args += ["--worker-id", worker_id]
+    return SweepProcess(args, workdir, env={auth.ENV_TOKEN: TOKEN})
+
+
+def call(address, name, request, token=None, worker="stranger"):
+    channel = (auth.channel(address, token, worker) if token
+               else grpc.insecure_channel(address))
+    try:
+        stub = internals.service_grpc().OracleStub(channel)
+        getattr(stub, name)(request, timeout=30, wait_for_ready=True)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        return e.code()
+    finally:
+        channel.close()
+
+
+def test_strangers_and_bogus_requests_change_nothing_and_the_sweep_finishes(
+        tracking_server, client, workdir, mnist_path):
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    chief = start(mnist_path, workdir, port, 3)
+    worker = start(mnist_path, workdir, port, 3, role="worker", worker_id="w1")
+    running = wait_for(lambda: [r for r in runs(client) if r.info.status == "RUNNING"], 300,
+                       "a trial run")
+    service = internals.service()
+    # A stranger without the token: three "failed" trials would have ended the
+    # sweep, a claimed trial would have been lost, a fake best trial planted.
+    fake = Trial(keras_tuner.HyperParameters(), trial_id=running[0].data.tags[names.TRIAL_ID],
+                 status=TrialStatus.FAILED)
+    for name, request in [("CreateTrial", service.CreateTrialRequest(tuner_id="stranger")),
+                          ("EndTrial", service.EndTrialRequest(trial=fake.to_proto())),
+                          ("EndTrial", service.EndTrialRequest(trial=fake.to_proto())),
+                          ("EndTrial", service.EndTrialRequest(trial=fake.to_proto())),
+                          ("UpdateTrial", service.UpdateTrialRequest(
+                              trial_id=fake.trial_id, metrics={"val_accuracy": 1.0}))]:
+        assert call(address, name, request) == grpc.StatusCode.UNAUTHENTICATED
+        assert call(address, name, request, token="x" * 43) == grpc.StatusCode.UNAUTHENTICATED
+    # With the token, bogus requests: an unknown trial (Keras Tuner would hang on
+    # its lock), another worker's trial.
+    assert call(address, "UpdateTrial", service.UpdateTrialRequest(
+        trial_id="9999", metrics={"val_accuracy": 1.0}), TOKEN,
+                "w1") == grpc.StatusCode.NOT_FOUND
+    assert call(address, "EndTrial", service.EndTrialRequest(trial=fake.to_proto()), TOKEN,
+                "w2") == grpc.StatusCode.PERMISSION_DENIED
+
+    assert worker.wait() == 0, worker.text
+    assert chief.wait() == 0, chief.text
+    _, finished = check_complete(client, 3, epochs=10)
+    assert {r.data.tags[names.WORKER] for r in finished} == {"w1"}
+    assert all(r.data.metrics[names.VAL_ACCURACY] < 1.0 for r in finished)  # Nothing planted.
+    for process in (chief, worker):
+        assert TOKEN not in process.text
+        assert "Traceback" not in process.text
+
+
+def test_a_worker_terminated_after_its_last_trial_leaves_its_run_whole(
+        tracking_server, client, workdir, mnist_path):
+    port = free_port()
+    chief = start(mnist_path, workdir, port, 1)
+    worker = start(mnist_path, workdir, port, 1, role="worker", worker_id="w1")
+    # The worker reports its trial only once its run is whole: the moment the chief
+    # knows the trial ended, the run is FINISHED with its model.
+    wait_for(lambda: "trial 0 (1/1)" in worker.text, 300, "the worker to end trial 0")
+    worker.signal_group(signal.SIGTERM)
+    worker.process.wait(timeout=60)
+    assert chief.wait(timeout=120) == 0, chief.text
+    _, (run,) = check_complete(client, 1, epochs=10)
+    assert names.CURVES in {a.path for a in client.list_artifacts(run.info.run_id)}
+    model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/{names.MODEL}")
+    assert model.count_params() == run.data.metrics[names.TRAINABLE_PARAMS]
+
+
+def test_a_worker_of_a_finished_sweep_exits_0_without_a_chief(
+        tracking_server, client, workdir, mnist_path, monkeypatch):
+    port = free_port()
+    chief = start(mnist_path, workdir, port, 1)
+    worker = start(mnist_path, workdir, port, 1, role="worker", worker_id="w1")
+    assert chief.wait() == 0, chief.text
+    assert worker.wait() == 0, worker.text
+    # The next night's job: the chief finds nothing to do and exits; its worker,
+    # started after it, must not wait for it and fail.
+    assert start(mnist_path, workdir, port, 1).wait() == 0
+    late = start(mnist_path, workdir, port, 1, role="worker", worker_id="w2")
+    assert late.wait(timeout=120) == 0, late.text
+    assert "the sweep already finished" in late.text
