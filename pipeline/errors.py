@@ -63,6 +63,10 @@ class SweepBusy(PipelineError):
     """Another process is running this sweep from the same state directory."""
 
 
+class StateDamaged(PipelineError):
+    """A sweep's state file is damaged; the message names it and the ways on."""
+
+
 class OracleLost(PipelineError):
     """A worker lost its connection to the chief's oracle."""
 

@@ -23,7 +23,7 @@ from pipeline import space as space_module
 from pipeline.errors import Interrupted, OracleLost, SweepBusy
 from pipeline.model import CompileOptions
 from pipeline.progress import Progress
-from pipeline.search import distributed, packing
+from pipeline.search import distributed, packing, state_files
 from pipeline.search.tuner import SweepTuner
 from pipeline.tracking import names, runs
 
@@ -137,12 +137,13 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
     with _exclusive(Path(settings.directory) / f".{project}.lock", spec.name):
         if settings.overwrite and project_dir.exists():
             shutil.rmtree(project_dir)
+        state_files.check(project_dir)
         pack = packing.choose_pack(spec, space, settings.pack)
         tuner = SweepTuner(spec, space, experiment=settings.experiment,
                            options=settings.options, progress=progress,
                            verbose=settings.verbose, worker_timeout=settings.worker_timeout,
                            pack=pack, directory=settings.directory, project_name=project)
-        parent = runs.existing_parent(project_dir)
+        parent = runs.existing_parent(project_dir, settings.experiment)
         if parent is not None:
             tuner.resume(parent)
         if tuner.finished():  # A re-run of a finished sweep: leave its runs as they are.

@@ -19,6 +19,9 @@ Relied on (`MODULE_NAMES`, `CLASS_NAMES`, `ORACLE_STATE`):
   draws), `_random_values()` (a fresh feasible draw), `_check_consecutive_failures()`
   (turned into `SweepStopped`), `_save_trial(trial)`;
   `GridSearchOracle._get_next_combination(values)` (steps over infeasible points).
+- `keras_tuner.src.utils.save_json(path, obj)`: every state file Keras Tuner writes
+  goes through it (looked up at call time); replaced by one that writes a
+  temporary file and renames it, so a crash never leaves half a file.
 - `BaseTuner._try_run_and_update_trial(trial, *args)`: runs one trial and records its
   outcome on the trial, as `BaseTuner.search` does (packed searches call it for a
   trial that trains alone).
@@ -30,9 +33,12 @@ Relied on (`MODULE_NAMES`, `CLASS_NAMES`, `ORACLE_STATE`):
 from __future__ import annotations
 
 import importlib
+import json
+import os
 
 import keras_tuner
 from keras_tuner.src import protos
+from keras_tuner.src import utils as kt_utils
 from keras_tuner.src.distribute import oracle_chief, oracle_client
 from keras_tuner.src.distribute import utils as dist_utils
 
@@ -43,6 +49,7 @@ MODULE_NAMES = {
     "keras_tuner.src.distribute.oracle_chief": ("OracleServicer", "exit_chief"),
     "keras_tuner.src.distribute.oracle_client": ("TIMEOUT",),
     "keras_tuner.src.distribute.utils": ("has_chief_oracle", "is_chief_oracle"),
+    "keras_tuner.src.utils": ("save_json",),
 }
 CLASS_NAMES = {
     keras_tuner.Oracle: ("_duplicate", "_random_values", "_check_consecutive_failures",
@@ -117,6 +124,32 @@ def run_and_update_trial(tuner, trial, *fit_args):
 
 
 # -- Oracle state ----------------------------------------------------------------
+
+def write_state_atomically():
+    """Makes Keras Tuner write each state file whole or not at all (temp + rename)."""
+    if getattr(kt_utils.save_json, "atomic", False):
+        return
+    in_place = kt_utils.save_json
+
+    def save_json(path, obj):
+        if "://" in str(path):  # A remote file system: Keras Tuner's own way.
+            return in_place(path, obj)
+        text = json.dumps(obj)
+        temporary = f"{path}.tmp-{os.getpid()}"
+        try:
+            with open(temporary, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        return text
+
+    save_json.atomic = True
+    kt_utils.save_json = save_json
+
 
 def set_max_collisions(oracle, count):
     oracle._max_collisions = count

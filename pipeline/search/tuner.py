@@ -23,7 +23,7 @@ from pipeline.errors import LoggingFailed, SweepStopped
 from pipeline.gradients import GradientProbe
 from pipeline.model import EVAL_BATCH_SIZE, CompileOptions, MnistHyperModel, build_model
 from pipeline.progress import Progress
-from pipeline.search import distributed, packing
+from pipeline.search import distributed, internals, packing
 from pipeline.search.oracles import failure_reason, make_oracle
 from pipeline.tracking import names, runs, trial_run
 
@@ -55,6 +55,7 @@ class SweepTuner(keras_tuner.Tuner):
     def __init__(self, spec, space, parent=None, experiment=names.DEFAULT_EXPERIMENT,
                  options=CompileOptions(), progress=None, verbose=0,
                  worker_timeout=distributed.WORKER_TIMEOUT, pack=1, **kwargs):
+        internals.write_state_atomically()
         oracle = make_oracle(spec, space)
         oracle.verbose = 0  # Our own one-line progress replaces Keras Tuner's table.
         super().__init__(oracle=oracle, hypermodel=MnistHyperModel(space, options),

@@ -56,7 +56,7 @@ def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=
     client = MlflowClient()
     exp_id = experiment_id(experiment)
     state = Path(project_dir) / names.PARENT_FILE
-    parent = _reopen(client, project_dir)
+    parent = _reopen(client, project_dir, experiment)
     if parent is None:
         parent = Parent(_new_parent_run(client, spec, exp_id, Path(project_dir).name,
                                         launcher_run_id, nest_under), exp_id)
@@ -80,12 +80,22 @@ def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=
     return parent
 
 
-def existing_parent(project_dir):
-    """The parent run recorded in `project_dir`, if it is still in the store."""
+def existing_parent(project_dir, experiment=None):
+    """The parent run recorded in `project_dir`, if it is still in the store.
+
+    A damaged record (a crash mid-write on an old version, a stray edit) is rebuilt
+    from MLflow: the newest parent run of this sweep in `experiment`.
+    """
     state = Path(project_dir) / names.PARENT_FILE
     if not state.exists():
         return None
-    run_id = json.loads(state.read_text())["parent_run_id"]
+    try:
+        run_id = str(json.loads(state.read_text(encoding="utf-8"))["parent_run_id"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        newest = newest_parent(experiment, Path(project_dir).name)
+        if newest is None:
+            return None
+        run_id = newest.info.run_id
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
@@ -93,6 +103,17 @@ def existing_parent(project_dir):
     if run.info.lifecycle_stage != "active":
         return None
     return Parent(run_id, run.info.experiment_id, resumed=True)
+
+
+def newest_parent(experiment, sweep_key):
+    """The newest parent run (any status) of the sweep `sweep_key`, or None."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment) if experiment else None
+    if exp is None:
+        return None
+    newest = client.search_runs([exp.experiment_id], f"tags.{names.SWEEP_KEY} = '{sweep_key}'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    return newest[0] if newest else None
 
 
 def find_parent(experiment, sweep_key, wait_seconds=300):
@@ -123,13 +144,8 @@ def find_parent(experiment, sweep_key, wait_seconds=300):
 
 def sweep_finished(experiment, sweep_key):
     """Whether this sweep's newest parent run ended FINISHED (no chief runs it now)."""
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return False
-    newest = client.search_runs([exp.experiment_id], f"tags.{names.SWEEP_KEY} = '{sweep_key}'",
-                                order_by=["attributes.start_time DESC"], max_results=1)
-    return bool(newest) and newest[0].info.status == "FINISHED"
+    newest = newest_parent(experiment, sweep_key)
+    return newest is not None and newest.info.status == "FINISHED"
 
 
 def end_parent(parent, status, best=None):
@@ -223,8 +239,8 @@ def end_left_over(client, run_id, status, reason):
     client.set_terminated(run_id, status)
 
 
-def _reopen(client, project_dir):
-    parent = existing_parent(project_dir)
+def _reopen(client, project_dir, experiment):
+    parent = existing_parent(project_dir, experiment)
     if parent is not None:
         client.update_run(parent.run_id, status="RUNNING")
         mark_interrupted(client, parent.run_id)
