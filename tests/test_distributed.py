@@ -466,6 +466,13 @@ def test_bogus_requests_are_answered_and_the_oracle_goes_on(serve_oracle):
         trial_id=trial.trial_id, metrics={"val_accuracy": 1.0})) == DENIED
     assert refused("w2", "EndTrial", service.EndTrialRequest(trial=ended.to_proto())) == DENIED
     assert refused("w2", "CreateTrial", service.CreateTrialRequest(tuner_id="w1")) == DENIED
+    # Metrics without the objective (Keras Tuner raises inside its lock), a trial
+    # ended with other hyperparameters than it was handed.
+    assert refused("w1", "UpdateTrial", service.UpdateTrialRequest(
+        trial_id=trial.trial_id, metrics={"loss": 1.0})) == INVALID
+    altered = Trial.from_proto(ended.to_proto())
+    altered.hyperparameters.values["units_0"] = 10**6
+    assert refused("w1", "EndTrial", service.EndTrialRequest(trial=altered.to_proto())) == INVALID
     # A trial "ended" RUNNING, a space rewritten, an absurd count, no worker id.
     assert refused("w1", "EndTrial", service.EndTrialRequest(trial=running.to_proto())) == INVALID
     assert refused("w1", "UpdateSpace", service.UpdateSpaceRequest()) == DENIED

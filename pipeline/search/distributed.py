@@ -144,13 +144,20 @@ class WatchingServicer(internals.OracleServicer):
         return internals.service().CreateTrialResponse(trial=trial.to_proto())
 
     def UpdateTrial(self, request, context):
-        self._check_holder(request.trial_id, context)
-        if len(request.metrics) > 64 or any(len(k) > 128 for k in request.metrics):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "too many or too long metrics")
+        """A worker's metrics for its trial; with no metrics, a check that the trial is
+        still the worker's (its lease: see `still_holds`)."""
+        held = self._check_holder(request.trial_id, context)
+        if not request.metrics:
+            return internals.service().UpdateTrialResponse(trial=held.to_proto())
+        missing = set(_objective_names(self.oracle)) - set(request.metrics)
+        if missing or len(request.metrics) > 64 or any(len(k) > 128 for k in request.metrics):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"metrics must hold the objective ({', '.join(sorted(missing))} "
+                          "missing) and at most 64 names")
         return super().UpdateTrial(request, context)
 
     def EndTrial(self, request, context):
-        self._check_holder(request.trial.trial_id, context)
+        held = self._check_holder(request.trial.trial_id, context)
         try:
             trial = Trial.from_proto(request.trial)
         except Exception:  # noqa: BLE001 - any malformed trial is refused alike.
@@ -158,6 +165,9 @@ class WatchingServicer(internals.OracleServicer):
         if trial.status not in ENDED:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"a trial ends {', '.join(sorted(ENDED))}, not {trial.status}")
+        if trial.hyperparameters.values != held.hyperparameters.values:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "the trial's hyperparameters are not those handed out")
         return super().EndTrial(request, context)
 
     def GetTrial(self, request, context):
@@ -173,21 +183,29 @@ class WatchingServicer(internals.OracleServicer):
         return super().GetBestTrials(request, context)
 
     def _check_holder(self, trial_id, context):
-        """Aborts unless `trial_id` is a running trial handed to the calling worker."""
+        """The running trial `trial_id`; aborts unless it was handed to the caller."""
         worker = self._seen(context)
-        holder = _holder(self.oracle, trial_id)
+        holder, trial = _holder(self.oracle, trial_id)
         if holder is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no running trial {trial_id!r}")
         if holder != worker and not holder.startswith(f"{worker}/"):
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           f"trial {trial_id} is not {worker!r}'s (re-issued or never its)")
+        return trial
+
+
+def _objective_names(oracle):
+    objective = oracle.objective
+    if hasattr(objective, "name_to_direction"):  # A MultiObjective.
+        return list(objective.name_to_direction)
+    return [objective.name]
 
 
 @synchronized
 def _holder(oracle, trial_id):
-    """The tuner id that runs `trial_id` now (None when no one does)."""
-    return next((tid for tid, trial in oracle.ongoing_trials.items()
-                 if trial.trial_id == trial_id), None)
+    """(tuner id, trial) of the running trial `trial_id`; (None, None) if none runs it."""
+    return next(((tid, trial) for tid, trial in oracle.ongoing_trials.items()
+                 if trial.trial_id == trial_id), (None, None))
 
 
 @synchronized
