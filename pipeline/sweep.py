@@ -151,7 +151,7 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
                          f"{parent.run_id if parent else '?'}; --max-trials N extends it")
             return Result(spec.name, parent and parent.run_id, None, None, True)
         parent = runs.open_parent(spec, settings.experiment, project_dir, launcher_run_id,
-                                  nest_under)
+                                  nest_under, keep=tuner.leased_runs)
         tuner.open(parent)
         progress.say(
             f"{'resuming' if parent.resumed else 'starting'} {spec.tuner.algorithm} search, "

@@ -8,6 +8,7 @@ under the test's control; nothing of Keras Tuner or gRPC is mocked.
 import os
 import socket
 import threading
+import types
 import time
 from concurrent import futures
 
@@ -504,3 +505,36 @@ def test_a_second_chief_on_a_taken_port_fails_at_once(serve_oracle, tmp_path):
         distributed.serve(real_oracle(tmp_path / "second", chief.oracle_spec))
     assert time.monotonic() - started < 5
     assert chief.thread.is_alive()  # The first chief is untouched.
+
+
+def test_a_worker_taken_for_lost_no_longer_holds_its_trial(serve_oracle):
+    chief = serve_oracle(max_trials=2)
+    first = chief.create_trial("w1")  # w1 has no heartbeat: it is taken for lost...
+    client = types.SimpleNamespace(stub=chief.stub("w1"))
+    assert distributed.still_holds(client, first.trial_id)
+    chief.keep_alive("w2")
+    wait_for(lambda: chief.lost, what="w1 to count as lost")
+    again = chief.create_trial("w2")
+    assert again.trial_id == first.trial_id
+    # ...and comes back late: its run must not end FINISHED, nor its result count.
+    assert not distributed.still_holds(client, first.trial_id)
+    assert distributed.still_holds(types.SimpleNamespace(stub=chief.stub("w2")),
+                                   first.trial_id)
+    with pytest.raises(grpc.RpcError) as error:
+        chief.finish(first, "w1")
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_restarted_chief_gives_each_live_worker_its_trial_back(tmp_path, serve_oracle):
+    spec = specfile.load("part2-narrow").with_overrides(max_trials=3)
+    before = real_oracle(tmp_path, spec)
+    trials = [before.create_trial(w) for w in ("w1", "w2")]
+    before.save()
+    after = real_oracle(tmp_path, spec)
+    after.reload()  # As a restarted chief's tuner does: running trials go to retry.
+    assert sorted(internals.retry_queue(after)) == ["0", "1"]
+    restored = distributed.restore_leases(after, [("w1", "0"), ("w9", "7")])
+    assert restored == [("w1", "0")]
+    assert after.ongoing_trials["w1"].trial_id == trials[0].trial_id
+    assert internals.retry_queue(after) == ["1"]  # w2's, unclaimed: the next worker's.
+    assert "w1" in after.tuner_ids

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from keras_tuner.engine.trial import Trial, TrialStatus
 from servers import SweepProcess, free_port, wait_for
-from test_scale import check_complete, runs, sweep_args
+from test_scale import check_complete, mid_trial, runs, sweep_args
 
 from pipeline.search import auth, internals
 from pipeline.tracking import names
@@ -110,3 +110,20 @@ def test_a_worker_of_a_finished_sweep_exits_0_without_a_chief(
     late = start(mnist_path, workdir, port, 1, role="worker", worker_id="w2")
     assert late.wait(timeout=120) == 0, late.text
     assert "the sweep already finished" in late.text
+
+
+def test_a_chief_restarted_under_a_live_worker_loses_nothing_and_logs_nothing_twice(
+        tracking_server, client, workdir, mnist_path):
+    port = free_port()
+    chief = start(mnist_path, workdir, port, 3)
+    worker = start(mnist_path, workdir, port, 3, role="worker", worker_id="w1")
+    victim = wait_for(lambda: mid_trial(client), 300, "a trial mid-way")
+    chief.kill()  # SIGKILL: the chief cannot clean up; the worker trains on.
+    again = start(mnist_path, workdir, port, 3)
+    assert again.wait() == 0, again.text
+    assert worker.wait() == 0, worker.text
+    _, finished = check_complete(client, 3, epochs=10)
+    assert len(runs(client)) == 3  # No run KILLED by the restart, no trial trained twice.
+    # The trial the worker was training when the chief died is the same run, whole.
+    assert client.get_run(victim.info.run_id).info.status == "FINISHED"
+    assert f"{victim.data.tags[names.TRIAL_ID]} on w1" in again.text

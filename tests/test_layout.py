@@ -20,7 +20,7 @@ LAYERS = [
     {"model", "gradients", "plots", "tracking.server", "packed", "search.auth"},
     {"tracking.runs", "tracking.trial_run"},
     {"search.internals", "search.oracles", "search.distributed", "search.local_cluster",
-     "search.state_files",
+     "search.state_files", "search.servicer",
      "search.tuner", "search.packing"},
     {"sweep", "report.document", "report.load", "report.answers", "report.render"},
     {"cli", "__main__"},

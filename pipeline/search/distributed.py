@@ -15,9 +15,9 @@ the budget is spent but other workers' trials are still running is told to wait
 from a worker that dies.
 
 Every call carries the sweep's shared token (`auth`), and the chief checks each
-request before it reaches the oracle: Keras Tuner's oracle lock is never released
-when a call inside it raises, so an update for an unknown trial would hang the
-chief. A trial may be updated or ended only by the worker it was handed to.
+request before it reaches the oracle (`servicer`). A restarted chief gives live
+workers back the trials they were running (`restore_leases`), and a worker ends a
+trial's run FINISHED only while the trial is still its own (`still_holds`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from concurrent import futures
 
 import grpc
 from keras_tuner import synchronized
-from keras_tuner.engine.trial import Trial, TrialStatus
+from keras_tuner.engine.trial import TrialStatus
 
 from pipeline.errors import InputError, SweepStopped
 from pipeline.search import auth, internals
+from pipeline.search.servicer import IDLE_SECONDS, WatchingServicer
 
 ENV_ID = "KERASTUNER_TUNER_ID"
 ENV_IP = "KERASTUNER_ORACLE_IP"
@@ -40,10 +41,8 @@ ENV_PORT = "KERASTUNER_ORACLE_PORT"
 HEARTBEAT_SECONDS = 2.0
 WORKER_TIMEOUT = 60.0
 CHIEF_TIMEOUT = 600.0
-IDLE_SECONDS = 1.0  # How long the chief holds a waiting worker's request.
 MAX_CONCURRENT_CALLS = 64  # Beyond this the server answers RESOURCE_EXHAUSTED.
 SERVER_THREADS = 32  # Waiting workers each hold a thread for up to `IDLE_SECONDS`.
-ENDED = {TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.INVALID}
 
 
 def set_role(role, oracle_address, worker_id=None, chief_timeout=CHIEF_TIMEOUT, token=None):
@@ -105,125 +104,46 @@ class Heartbeat:
         self._stop.set()
 
 
-class WatchingServicer(internals.OracleServicer):
-    """Keras Tuner's servicer, checking each request and noting when each worker was
-    last heard from."""
-
-    def __init__(self, oracle, idle_seconds=IDLE_SECONDS):
-        super().__init__(oracle)
-        self.last_seen = {}
-        self.idle_seconds = idle_seconds
-
-    def _seen(self, context):
-        worker = auth.caller(context)
-        if not worker:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no worker id in the call")
-        self.last_seen[worker] = time.monotonic()
-        return worker
-
-    def GetSpace(self, request, context):
-        self._seen(context)
-        return super().GetSpace(request, context)
-
-    def UpdateSpace(self, request, context):
-        self._seen(context)
-        context.abort(grpc.StatusCode.PERMISSION_DENIED, "the search space is the chief's")
-
-    def CreateTrial(self, request, context):
-        worker = self._seen(context)
-        if request.tuner_id != worker and not request.tuner_id.startswith(f"{worker}/"):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"worker {worker!r} asked for a trial as {request.tuner_id!r}")
-        if not _only_others_running(self.oracle, request.tuner_id):
-            response = super().CreateTrial(request, context)
-            stopped = Trial.from_proto(response.trial).status == TrialStatus.STOPPED
-            if not stopped or not _waits_for_others(self.oracle, request.tuner_id):
-                return response
-        time.sleep(self.idle_seconds)  # Keras Tuner's worker asks again at once.
-        trial = Trial(self.oracle.get_space(), status=TrialStatus.IDLE)
-        return internals.service().CreateTrialResponse(trial=trial.to_proto())
-
-    def UpdateTrial(self, request, context):
-        """A worker's metrics for its trial; with no metrics, a check that the trial is
-        still the worker's (its lease: see `still_holds`)."""
-        held = self._check_holder(request.trial_id, context)
-        if not request.metrics:
-            return internals.service().UpdateTrialResponse(trial=held.to_proto())
-        missing = set(_objective_names(self.oracle)) - set(request.metrics)
-        if missing or len(request.metrics) > 64 or any(len(k) > 128 for k in request.metrics):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"metrics must hold the objective ({', '.join(sorted(missing))} "
-                          "missing) and at most 64 names")
-        return super().UpdateTrial(request, context)
-
-    def EndTrial(self, request, context):
-        held = self._check_holder(request.trial.trial_id, context)
-        try:
-            trial = Trial.from_proto(request.trial)
-        except Exception:  # noqa: BLE001 - any malformed trial is refused alike.
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed trial")
-        if trial.status not in ENDED:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"a trial ends {', '.join(sorted(ENDED))}, not {trial.status}")
-        if trial.hyperparameters.values != held.hyperparameters.values:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          "the trial's hyperparameters are not those handed out")
-        return super().EndTrial(request, context)
-
-    def GetTrial(self, request, context):
-        self._seen(context)
-        if request.trial_id not in self.oracle.trials:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no trial {request.trial_id!r}")
-        return super().GetTrial(request, context)
-
-    def GetBestTrials(self, request, context):
-        self._seen(context)
-        if not 0 < request.num_trials <= 1000:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "num_trials must be 1-1000")
-        return super().GetBestTrials(request, context)
-
-    def _check_holder(self, trial_id, context):
-        """The running trial `trial_id`; aborts unless it was handed to the caller."""
-        worker = self._seen(context)
-        holder, trial = _holder(self.oracle, trial_id)
-        if holder is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no running trial {trial_id!r}")
-        if holder != worker and not holder.startswith(f"{worker}/"):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"trial {trial_id} is not {worker!r}'s (re-issued or never its)")
-        return trial
-
-
-def _objective_names(oracle):
-    objective = oracle.objective
-    if hasattr(objective, "name_to_direction"):  # A MultiObjective.
-        return list(objective.name_to_direction)
-    return [objective.name]
-
-
 @synchronized
-def _holder(oracle, trial_id):
-    """(tuner id, trial) of the running trial `trial_id`; (None, None) if none runs it."""
-    return next(((tid, trial) for tid, trial in oracle.ongoing_trials.items()
-                 if trial.trial_id == trial_id), (None, None))
+def restore_leases(oracle, running):
+    """A restarted chief gives each worker back the trial it was running.
+
+    Keras Tuner's reload puts every trial that was running into the retry queue,
+    where the next worker to ask would train it a second time, while the worker
+    that had it may well be alive and still training. Each (worker, trial id) in
+    `running` (from the trial runs left RUNNING in MLflow) is handed back to its
+    worker instead, as a lease: if the worker calls within the worker timeout, it
+    finishes its trial; if not, the trial is given back as for any lost worker.
+
+    Returns:
+        The (worker, trial id) pairs restored.
+    """
+    queue = internals.retry_queue(oracle)
+    restored = []
+    for worker, trial_id in running:
+        if trial_id in queue and worker not in oracle.ongoing_trials:
+            queue.remove(trial_id)
+            oracle.ongoing_trials[worker] = oracle.trials[trial_id]
+            oracle.tuner_ids.add(worker)
+            restored.append((worker, trial_id))
+    return restored
 
 
-@synchronized
-def _only_others_running(oracle, tuner_id):
-    """Whether the trial budget is spent while other workers' trials still run."""
-    if not (oracle.budget_spent() and tuner_id not in oracle.ongoing_trials):
-        return False
-    return _waits_for_others(oracle, tuner_id)
+def still_holds(oracle_client, trial_id):
+    """Whether the chief still has `trial_id` handed to this worker (its lease).
 
-
-@synchronized
-def _waits_for_others(oracle, tuner_id):
-    """True, and `tuner_id` kept registered, when other workers' trials still run, so
-    that this worker is told to wait (and can take over a lost worker's trial)."""
-    if any(other != tuner_id for other in oracle.ongoing_trials):
-        oracle.tuner_ids.add(tuner_id)
-        return True
-    return False
+    Waits for a chief that restarts (as every worker call does, up to the chief
+    timeout); False when the trial was re-issued or is unknown to the chief.
+    """
+    try:
+        internals.client_stub(oracle_client).UpdateTrial(
+            internals.service().UpdateTrialRequest(trial_id=trial_id),
+            wait_for_ready=True, timeout=internals.client_timeout())
+    except grpc.RpcError as e:
+        if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+            return False
+        raise
+    return True
 
 
 @synchronized

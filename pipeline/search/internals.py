@@ -105,6 +105,14 @@ def set_client_stub(oracle_client_, stub):
     oracle_client_.stub = stub
 
 
+def client_stub(oracle_client_):
+    return oracle_client_.stub
+
+
+def client_timeout():
+    return oracle_client.TIMEOUT
+
+
 def has_chief():
     return dist_utils.has_chief_oracle()
 

@@ -72,6 +72,8 @@ class SweepTuner(keras_tuner.Tuner):
         self.pack = pack
         self._outcome = {}
         self._heartbeat = None
+        self._superseded = set()  # A worker's trials re-issued to another worker.
+        self.leased_runs = set()  # A restarted chief's trial runs that workers still write.
         self._logging = []  # (trial_id, TrialRun) whose logging may still run.
         self.unlogged = []
         # Everything alive now (TensorFlow, MLflow, the data) lives as long as the
@@ -88,9 +90,21 @@ class SweepTuner(keras_tuner.Tuner):
 
     def resume(self, parent):
         """Continues `parent`'s sweep: trials done in Keras Tuner but never logged to
-        MLflow are handed back to the oracle."""
+        MLflow are handed back to the oracle. A restarted chief gives live workers
+        back the trials they were running (`distributed.restore_leases`); their runs
+        are left RUNNING (`leased_runs`)."""
         self._parent = parent
         self.requeue_unlogged()
+        if distributed.role() == "chief":
+            running = runs.trial_runs(parent.run_id, status="RUNNING")
+            restored = set(distributed.restore_leases(self.oracle, [
+                (r.data.tags[names.WORKER], r.data.tags[names.TRIAL_ID]) for r in running]))
+            self.leased_runs = {r.info.run_id for r in running if (
+                r.data.tags[names.WORKER], r.data.tags[names.TRIAL_ID]) in restored}
+            if restored:
+                self.progress.say(f"{len(restored)} trials wait for their workers to call "
+                                  f"(up to {self.worker_timeout:g} s): "
+                                  + ", ".join(f"{t} on {w}" for w, t in sorted(restored)))
 
     def open(self, parent):
         """Logs the coming trials under `parent` (opened or reopened by the sweep)."""
@@ -152,7 +166,11 @@ class SweepTuner(keras_tuner.Tuner):
             return self._run_trial(trial, dataset)
         for _ in range(WORKER_ATTEMPTS):
             metrics = self._run_trial(trial, dataset)
+            superseded = [run for _, run in self._logging]
             self.wait_for_logging()
+            if any(run.superseded for run in superseded):
+                self._superseded.add(trial.trial_id)
+                raise keras_tuner.errors.FailedTrialError("re-issued to another worker")
             if trial.trial_id not in self.unlogged:
                 return metrics
             self.unlogged.remove(trial.trial_id)
@@ -193,11 +211,18 @@ class SweepTuner(keras_tuner.Tuner):
         run.finish(model, (arrays["x_test"], arrays["y_test"]),
                    f"{self.spec.name} trial {trial.trial_id}: {config.describe()}",
                    {names.FIT_SECONDS: fit_seconds,
-                    names.TRIAL_SECONDS: time.perf_counter() - start}, EVAL_BATCH_SIZE)
+                    names.TRIAL_SECONDS: time.perf_counter() - start}, EVAL_BATCH_SIZE,
+                   confirm=self._lease(trial.trial_id))
         self._logging.append((trial.trial_id, run))
         metrics = {k: run.history[k][-1] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
         self._outcome[trial.trial_id] = (config, start, metrics)
         return metrics
+
+    def _lease(self, trial_id):
+        """A worker's check, before its run ends FINISHED, that the trial is still its."""
+        if distributed.role() != "worker":
+            return None
+        return lambda: distributed.still_holds(self.oracle, trial_id)
 
     def wait_for_logging(self):
         """Waits for the last trial's background logging; reports it if it failed.
@@ -260,6 +285,11 @@ class SweepTuner(keras_tuner.Tuner):
         return build_model(config, self.hypermodel.options, seed=seed)
 
     def on_trial_end(self, trial):
+        if trial.trial_id in self._superseded:  # Not ours to report any more.
+            self.progress.say(f"trial {trial.trial_id} was re-issued to another worker "
+                              "while this one was taken for lost; its run ended KILLED")
+            self._outcome.pop(trial.trial_id, None)
+            return
         super().on_trial_end(trial)  # The oracle records the trial; state is saved.
         config, start, metrics = self._outcome.pop(trial.trial_id, (None, None, None))
         if config is not None:

@@ -38,7 +38,8 @@ def experiment_id(name):
     return client.create_experiment(name)
 
 
-def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=None):
+def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=None,
+                keep=()):
     """Starts the sweep's parent run, or continues it when the sweep is resumed.
 
     Args:
@@ -49,6 +50,8 @@ def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=
             launcher run in the same experiment becomes the parent; otherwise it is
             tagged with a pointer to the parent.
         nest_under: a run to nest the parent under (the `exercise` command's run).
+        keep: trial run ids left RUNNING that live workers may still be writing (a
+            restarted chief's leases); the others left RUNNING end KILLED.
 
     Returns:
         A `Parent`.
@@ -56,7 +59,7 @@ def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=
     client = MlflowClient()
     exp_id = experiment_id(experiment)
     state = Path(project_dir) / names.PARENT_FILE
-    parent = _reopen(client, project_dir, experiment)
+    parent = _reopen(client, project_dir, experiment, keep)
     if parent is None:
         parent = Parent(_new_parent_run(client, spec, exp_id, Path(project_dir).name,
                                         launcher_run_id, nest_under), exp_id)
@@ -226,9 +229,12 @@ def fail_trial_runs(parent_run_id, trial_id, reason):
         end_left_over(client, run.info.run_id, "FAILED", reason)
 
 
-def mark_interrupted(client, parent_run_id):
-    """Ends trial runs left RUNNING under `parent_run_id` (their process died) as KILLED."""
+def mark_interrupted(client, parent_run_id, keep=()):
+    """Ends trial runs left RUNNING under `parent_run_id` (their process died) as KILLED,
+    but those in `keep` (run ids whose worker may still be writing them)."""
     for run in trial_runs(parent_run_id, status="RUNNING"):
+        if run.info.run_id in keep:
+            continue
         end_left_over(client, run.info.run_id, "KILLED",
                       "interrupted: the process running this trial ended")
 
@@ -239,11 +245,11 @@ def end_left_over(client, run_id, status, reason):
     client.set_terminated(run_id, status)
 
 
-def _reopen(client, project_dir, experiment):
+def _reopen(client, project_dir, experiment, keep):
     parent = existing_parent(project_dir, experiment)
     if parent is not None:
         client.update_run(parent.run_id, status="RUNNING")
-        mark_interrupted(client, parent.run_id)
+        mark_interrupted(client, parent.run_id, keep)
     return parent
 
 

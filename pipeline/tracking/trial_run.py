@@ -85,6 +85,8 @@ class TrialRun:
         self.status = "KILLED"  # Until finish() says otherwise.
         self.error = None  # A write that failed for good.
         self.failure = None  # The trial's own failure.
+        self.superseded = False  # Its trial went to another worker meanwhile.
+        self._confirm = None
         self._client = MlflowClient()
         self._tasks = queue.Queue()
         self._thread = threading.Thread(target=self._loop, daemon=True,
@@ -111,10 +113,16 @@ class TrialRun:
             self.history[key].append(float(metrics.get(key, np.nan)))
         self._tasks.put(lambda: self._write_epoch(epoch, dict(metrics), weights))
 
-    def finish(self, model, test_data, title, timing, batch_size, test_metrics=None):
+    def finish(self, model, test_data, title, timing, batch_size, test_metrics=None,
+               confirm=None):
         """Queues the rest: test evaluation (at `batch_size`; or `test_metrics`, its
-        (loss, accuracy) already computed), the model, the chart; then ends the run."""
+        (loss, accuracy) already computed), the model, the chart; then ends the run.
+
+        `confirm`, if given, is asked last whether the trial is still this process's
+        (a worker's lease): if not, the run ends KILLED, not FINISHED (`superseded`).
+        """
         self.status = "FINISHED"
+        self._confirm = confirm
         self._tasks.put(lambda: self._write_results(model, test_data, title, timing,
                                                     batch_size, test_metrics))
         self._tasks.put(None)
@@ -185,6 +193,15 @@ class TrialRun:
     def _end(self):
         reason = self.error or self.failure
         status = "FAILED" if reason is not None else self.status
+        if status == "FINISHED" and self._confirm is not None:
+            try:
+                self.superseded = not self._confirm()
+            except Exception as e:  # noqa: BLE001 - no answer: the run is not known whole.
+                self.error = reason = e
+                status = "FAILED"
+            if self.superseded:
+                status, reason = "KILLED", Superseded(
+                    "its trial was re-issued to another worker (this one was taken for lost)")
         try:
             if reason is not None:
                 self._client.set_tag(self.run_id, names.FAILURE_REASON, one_line(reason))
@@ -192,6 +209,10 @@ class TrialRun:
             self.status = status
         except Exception as e:  # noqa: BLE001 - the store is gone; a resume closes the run.
             self.error = self.error or e
+
+
+class Superseded(Exception):
+    """A worker's trial run that another worker's run of the same trial replaces."""
 
 
 class EpochLogger(keras.callbacks.Callback):
