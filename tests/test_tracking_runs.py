@@ -1,11 +1,14 @@
 """The parent run's life and the queries over trial runs, in a real SQLite store."""
 
+import http.server
 import json
+import threading
 
+import mlflow
 import pytest
 
 from pipeline import specfile
-from pipeline.errors import ParentNotFound
+from pipeline.errors import ParentNotFound, TrackingUnavailable
 from pipeline.tracking import names, runs
 
 EXPERIMENT = names.DEFAULT_EXPERIMENT
@@ -108,6 +111,53 @@ def test_existing_parent(client, project_dir, parent):
 
     (project_dir / names.PARENT_FILE).write_text(json.dumps({"parent_run_id": "0" * 32}))
     assert runs.existing_parent(project_dir) is None  # not in this store at all
+
+
+class RefusingServer:
+    """A real HTTP server on 127.0.0.1 that answers every call with one status, as a
+    tracking server behind an auth proxy or in trouble does."""
+
+    def __init__(self, status, error_code):
+        body = json.dumps({"error_code": error_code, "message": f"{status} from the server"})
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status, error_code", [
+    (401, "UNAUTHENTICATED"), (403, "PERMISSION_DENIED"), (500, "INTERNAL_ERROR")])
+def test_a_refusal_on_resume_is_not_a_missing_parent(project_dir, parent, monkeypatch,
+                                                     status, error_code):
+    record = (project_dir / names.PARENT_FILE).read_text()
+    server = RefusingServer(status, error_code)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(server.uri)
+    try:
+        with pytest.raises(TrackingUnavailable, match=f"could not read the sweep's parent "
+                                                      f"run {parent.run_id}.*nothing was "
+                                                      "changed") as error:
+            runs.existing_parent(project_dir)
+    finally:
+        server.stop()
+    assert "\n" not in str(error.value)
+    assert (project_dir / names.PARENT_FILE).read_text() == record  # Kept for the resume.
 
 
 def test_a_deleted_parent_is_replaced_by_a_new_one(client, spec, project_dir, parent):

@@ -16,7 +16,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import ParentNotFound
+from pipeline.errors import ParentNotFound, TrackingUnavailable
 from pipeline.tracking import names
 
 
@@ -101,8 +101,15 @@ def existing_parent(project_dir, experiment=None):
         run_id = newest.info.run_id
     try:
         run = MlflowClient().get_run(run_id)
-    except MlflowException:
-        return None  # Deleted from this store: a new parent will be started.
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None  # Deleted from this store: a new parent will be started.
+        # Anything else (refused credentials, a server error) says nothing about the
+        # parent: starting a new one would split the sweep in two.
+        raise TrackingUnavailable(
+            f"could not read the sweep's parent run {run_id} from the tracking server "
+            f"({e.error_code}: {str(e.message).splitlines()[0][:200]}); nothing was "
+            "changed: fix the server or credentials and run the same command again") from None
     if run.info.lifecycle_stage != "active":
         return None
     return Parent(run_id, run.info.experiment_id, resumed=True)
