@@ -27,6 +27,16 @@ def _none_if_zero(value):
     return value or None
 
 
+def _experiment_name(ctx, param, value):
+    """An MLflow experiment name: 1 to 500 characters, printable, not only spaces."""
+    if not value.strip() or len(value) > 500 or not value.isprintable():
+        error = InputError(f"expected an experiment name of 1 to 500 printable characters, "
+                           f"not only spaces, got {value[:40]!r}")
+        error.param = "'--experiment'"
+        raise error  # Not BadParameter: click would add its usage lines.
+    return value
+
+
 def sweep_options(func):
     """The options shared by `sweep` and `exercise`, as in MLproject."""
     options = [
@@ -44,6 +54,7 @@ def sweep_options(func):
                           "0 = all."),
         click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME",
                      default=names.DEFAULT_EXPERIMENT, show_default=True,
+                     callback=_experiment_name,
                      help="MLflow experiment (or $MLFLOW_EXPERIMENT_NAME)."),
         click.option("--directory", envvar="MNIST_SWEEPS_DIR", default="kt_sweeps",
                      show_default=True, type=click.Path(file_okay=False),
@@ -163,7 +174,12 @@ def _oracle_address(ctx, param, value):
 @click.option("--chief-timeout", type=click.FloatRange(min=1), default=600,
               show_default=True,
               help="Seconds a worker waits for the chief to answer before it gives up.")
-def sweep(spec, workers, role, oracle, worker_id, worker_timeout, chief_timeout, **options):
+@click.option("--oracle-token-file", envvar="MNIST_SWEEPS_ORACLE_TOKEN_FILE",
+              type=click.Path(dir_okay=False), metavar="PATH",
+              help="A file holding the oracle's shared token (with --role; default: "
+                   "$MNIST_SWEEPS_ORACLE_TOKEN).")
+def sweep(spec, workers, role, oracle, worker_id, worker_timeout, chief_timeout,
+          oracle_token_file, **options):
     """Run (or resume) the sweep SPEC: a name in sweeps/ or a YAML path."""
     if workers and role:
         raise click.UsageError("--workers starts its own chief and workers: drop --role")
@@ -172,6 +188,8 @@ def sweep(spec, workers, role, oracle, worker_id, worker_timeout, chief_timeout,
     if oracle and not role:
         raise click.BadParameter("--oracle needs --role chief or worker",
                                  param_hint="'--role'")
+    token = _oracle_token(role, oracle_token_file)
+    _check_shared_store(role, oracle)
     spec_arg = spec
     spec = load_spec(spec, options["max_trials"], options["epochs"], options["seed"])
     dataset = load_data(options["data_path"], spec.training.validation_split,
@@ -187,8 +205,41 @@ def sweep(spec, workers, role, oracle, worker_id, worker_timeout, chief_timeout,
 
     if role:
         distributed.set_role(role, oracle, worker_id or
-                             f"worker-{socket.gethostname()}-{os.getpid()}", chief_timeout)
+                             f"worker-{socket.gethostname()}-{os.getpid()}", chief_timeout,
+                             token)
     _run_sweeps([spec], lambda s: dataset, options, worker_timeout=worker_timeout)
+
+
+def _check_shared_store(role, oracle):
+    """Refuses --role across machines with a store only one machine can open (SQLite,
+    files): a chief and workers on one machine (a loopback oracle) may share it."""
+    if not role:
+        return
+    import ipaddress
+
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    host = oracle.rpartition(":")[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and uri.split(":", 1)[0] in ("sqlite", "file", uri):
+        error = InputError(f"--role {role} with a store local to this machine "
+                           f"({uri.split(':', 1)[0]}): a sweep on several machines needs a "
+                           "shared `mlflow server` (MLFLOW_TRACKING_URI=http://...)")
+        error.param = "MLFLOW_TRACKING_URI"
+        raise error
+
+
+def _oracle_token(role, token_file):
+    """The chief's and workers' shared token, checked before anything else (with --role)."""
+    if not role:
+        return None
+    from pipeline.search import auth
+
+    return auth.require(auth.load_token(token_file), role)
 
 
 def _sweep_args(spec_arg, options, worker_timeout, chief_timeout):
@@ -250,7 +301,8 @@ def exercise(out, **options):
 
 @cli.command()
 @click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME", default=names.DEFAULT_EXPERIMENT,
-              show_default=True, help="MLflow experiment holding the exercise sweeps.")
+              show_default=True, callback=_experiment_name,
+              help="MLflow experiment holding the exercise sweeps.")
 @click.option("--out", default="reports", show_default=True,
               type=click.Path(file_okay=False), help="Directory for the report files.")
 def report(experiment, out):

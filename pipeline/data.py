@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,19 +72,45 @@ def load(path=None, validation_split=10_000, train_limit=None):
 @functools.lru_cache(maxsize=4)
 def _read(path):
     file = Path(path)
+    if file.is_dir():
+        raise DataError(f"{file} is a directory, not an MNIST file; {HOW_TO_FIX}")
     if not file.is_file():
         raise DataError(f"MNIST file not found: {file}; {HOW_TO_FIX}")
     try:
-        with np.load(file, allow_pickle=False) as npz:
-            missing = [k for k in KEYS if k not in npz.files]
-            if missing:
-                raise DataError(f"{file} is not a Keras-layout MNIST file (no {missing[0]!r} "
-                                f"array; expected {', '.join(KEYS)}); {HOW_TO_FIX}")
-            raw = {k: npz[k] for k in KEYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{file} could not be read as .npz ({e}); {HOW_TO_FIX}") from e
+        loaded = np.load(file, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # A .npy: one array.
+            raise DataError(f"{file} is a single .npy array, not a .npz archive of "
+                            f"{', '.join(KEYS)}; {HOW_TO_FIX}")
+        with loaded as npz:
+            raw = _arrays(npz, file)
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, RuntimeError, MemoryError, zipfile.BadZipFile,
+            zlib.error) as e:
+        raise DataError(f"{file} could not be read as .npz ({_reason(e)}); {HOW_TO_FIX}") from None
     _check(raw, str(file))
     return raw, str(file)
+
+
+def _arrays(npz, file):
+    """The four arrays of an open `.npz`, read without unpickling anything."""
+    missing = [k for k in KEYS if k not in npz.files]
+    if missing:
+        raise DataError(f"{file} is not a Keras-layout MNIST file (no {missing[0]!r} "
+                        f"array; expected {', '.join(KEYS)}); {HOW_TO_FIX}")
+    raw = {}
+    for key in KEYS:
+        try:
+            raw[key] = npz[key]
+        except ValueError as e:  # Object arrays among them: no unpickling.
+            raise DataError(f"{file}: {key} could not be read ({_reason(e)}); "
+                            f"{HOW_TO_FIX}") from None
+    return raw
+
+
+def _reason(error):
+    """An exception's first line (some span several), or its class name."""
+    return (str(error).strip().splitlines() or [error.__class__.__name__])[0]
 
 
 def _download():
@@ -102,9 +129,9 @@ def _download():
 def _check(raw, where):
     for split in ("train", "test"):
         x, y = raw[f"x_{split}"], raw[f"y_{split}"]
-        if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
-            raise DataError(f"{where}: x_{split} must be uint8 of shape (N, 28, 28), got "
-                            f"{x.dtype} {x.shape}; {HOW_TO_FIX}")
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8 or not len(x):
+            raise DataError(f"{where}: x_{split} must be uint8 of shape (N, 28, 28), N >= 1, "
+                            f"got {x.dtype} {x.shape}; {HOW_TO_FIX}")
         if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{where}: y_{split} must be {len(x)} integer labels, got "
                             f"{y.dtype} {y.shape}; {HOW_TO_FIX}")

@@ -2,7 +2,8 @@
 
 Everything a search may vary lives under `search_space`; the exercise's rules live
 under `constraints`; fixed settings live under `training`; how to search lives
-under `tuner`. `specfile` reads and validates the YAML files into these.
+under `tuner`. `specfile` reads and validates the YAML files into these, through
+`SpecLoader`: the plain YAML a spec may be written in.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
+
+import yaml
 
 ALGORITHMS = ("random", "bayesian", "hyperband", "grid")
 OBJECTIVES = {"val_accuracy": "max", "val_loss": "min"}
@@ -124,3 +127,45 @@ class Spec:
         data["tuner"].pop("pack")  # Packed trials train as if alone.
         blob = json.dumps([data, *extra], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+# How deep a spec may nest; the shipped ones need 4 (spec > search_space > units > min).
+MAX_DEPTH = 10
+
+
+class SpecLoader(yaml.SafeLoader):
+    """Safe YAML without anchors, aliases, duplicate keys or deep nesting.
+
+    A spec is a few lines of plain data. Aliases are refused before anything is
+    expanded (a "billion laughs" file stops at its first anchor), and the depth is
+    counted before the composer recurses (no `RecursionError` on `[[[[...`).
+    """
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _refuse("anchors and aliases (& and *) are not allowed in a spec", event)
+        if self.depth >= MAX_DEPTH:
+            raise _refuse(f"nested deeper than {MAX_DEPTH} levels", event)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        mapping = super().construct_mapping(node, deep=deep)
+        if len(mapping) < len(node.value):  # A key given twice: YAML keeps the last.
+            seen = []
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise _refuse(f"field {key!r} is given twice", key_node)
+                seen.append(key)
+        return mapping
+
+
+def _refuse(problem, at):
+    return yaml.constructor.ConstructorError(None, None, problem, at.start_mark)

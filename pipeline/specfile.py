@@ -22,6 +22,7 @@ from pipeline.spec import (
     Range,
     SearchSpace,
     Spec,
+    SpecLoader,
     Training,
     TunerSettings,
 )
@@ -71,13 +72,26 @@ def load(name_or_path):
     """
     path = resolve(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML ({e.__class__.__name__})") from e
-    try:
-        return _parse(raw, path)
+        return _parse(_read(path), path)
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None
+
+
+def _read(path):
+    """The YAML document in `path`, as Python data (one line naming the problem)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise SpecError(f"cannot be read ({e.strerror or e.__class__.__name__})") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"not UTF-8 text (byte {e.start}); a spec is a YAML text file") from None
+    try:
+        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"not valid YAML{where}: {problem}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -86,12 +100,12 @@ def load(name_or_path):
 
 def _parse(raw, path):
     top = _mapping(raw, "spec", {"name", "description", "part", "search_space",
-                                 "constraints", "training", "tuner"})
+                                 "constraints", "training", "tuner"}, required=True)
     name = _string(top, "name", required=True)
     if name != path.stem:
         raise SpecError(f"name: {name!r} must match the file name {path.stem!r}")
     part = top.get("part")
-    if part is not None and part not in PARTS:
+    if part is not None and (type(part) is not int or part not in PARTS):
         raise SpecError(f"part: {part!r} is not one of 1, 2, 3 or null")
     tuner = _parse_tuner(top.get("tuner"))
     space = _parse_space(top.get("search_space"), tuner.algorithm)
@@ -151,7 +165,7 @@ def _parse_tuner(raw):
     if algorithm not in ALGORITHMS:
         raise SpecError(f"tuner.algorithm: {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     objective = raw.get("objective", "val_accuracy")
-    if objective not in OBJECTIVES:
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
         raise SpecError(f"tuner.objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
     return TunerSettings(
         algorithm=algorithm,
@@ -191,7 +205,11 @@ def _mapping(value, where, allowed, required=False):
     if value is None and not required:
         return {}
     if not isinstance(value, dict):
-        raise SpecError(f"{where}: expected a mapping, got {type(value).__name__}")
+        got = "nothing" if value is None else type(value).__name__
+        raise SpecError(f"{where}: expected a mapping, got {got}")
+    for key in value:
+        if not isinstance(key, str):
+            raise SpecError(f"{where}: field names must be strings, got {key!r}")
     unknown = sorted(set(value) - set(allowed))
     if unknown:
         raise SpecError(f"{where}: unknown field {unknown[0]!r}; allowed: "
@@ -219,6 +237,8 @@ def _number(value, where, integer=False):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "an integer" if integer else "a number"
         raise SpecError(f"{where}: expected {kind}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{where}: expected a finite number, got {value}")
     if integer and value != int(value):
         raise SpecError(f"{where}: expected an integer, got {value!r}")
     return int(value) if integer else float(value)

@@ -48,6 +48,36 @@ def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(
     assert not (workdir / "kt_sweeps").exists()
 
 
+@pytest.mark.parametrize("args, token, message", [
+    (["--role", "chief", "--oracle", "127.0.0.1:8000"], None,
+     "Invalid value for MNIST_SWEEPS_ORACLE_TOKEN: --role chief needs the oracle's shared "
+     "token"),
+    (["--role", "worker", "--oracle", "127.0.0.1:8000"], None,
+     "Invalid value for MNIST_SWEEPS_ORACLE_TOKEN: --role worker needs the oracle's shared"),
+    (["--role", "chief", "--oracle", "127.0.0.1:8000"], "short",
+     "Invalid value for MNIST_SWEEPS_ORACLE_TOKEN: the oracle token must be at least 16"),
+    (["--role", "chief", "--oracle", "127.0.0.1:8000", "--oracle-token-file", "nope"], None,
+     "Invalid value for '--oracle-token-file': cannot read nope: No such file"),
+    (["--role", "worker", "--oracle", "10.0.0.5:8000"], "t" * 32,
+     "Invalid value for MLFLOW_TRACKING_URI: --role worker with a store local to this "
+     "machine (sqlite): a sweep on several machines needs a shared `mlflow server`"),
+], ids=["chief-no-token", "worker-no-token", "short-token", "no-token-file",
+        "sqlite-across-machines"])
+def test_a_distributed_role_needs_a_token_and_a_shared_store(runner, workdir, monkeypatch,
+                                                             args, token, message):
+    monkeypatch.delenv("MNIST_SWEEPS_ORACLE_TOKEN", raising=False)
+    if token:
+        monkeypatch.setenv("MNIST_SWEEPS_ORACLE_TOKEN", token)
+    result = runner.invoke(cli, ["sweep", "part1-narrow", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    if token:
+        assert token not in result.output
+    assert not (workdir / "mlflow.db").exists()
+    assert not (workdir / "kt_sweeps").exists()
+
+
 def test_invalid_spec_file_is_a_usage_error(runner, workdir):
     bad = workdir / "bad.yaml"
     bad.write_text("name: bad\ndescription: x\nsearch_space: {hidden_layers: 1, units: 8}\n"

@@ -39,6 +39,14 @@ def commands(sweep_args, workers, port, threads):
                     "--threads", str(threads)] for i in range(workers)]
 
 
+def _create_store():
+    """Creates the tracking store's tables once, here: a chief and workers that all
+    find a fresh SQLite file would each try to create them, and all but one fail."""
+    import mlflow
+
+    mlflow.MlflowClient().search_experiments(max_results=1)
+
+
 def _launcher_run(environ):
     """The chief keeps `mlflow run`'s run id (its parent run); workers do not."""
     return {"MLFLOW_RUN_ID": environ["MLFLOW_RUN_ID"]} if "MLFLOW_RUN_ID" in environ else {}
@@ -56,6 +64,7 @@ def run(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT):
         The chief's exit status (non-zero if every worker exited before the sweep
         finished: the chief is then stopped, and the same command resumes it).
     """
+    _create_store()
     threads = max(1, (os.cpu_count() or 1) // workers)
     chief_cmd, worker_cmds = commands(sweep_args, workers, free_port(), threads)
     token = {auth.ENV_TOKEN: auth.new_token()}

@@ -1,8 +1,9 @@
 """Where the tracking store is: credentials kept out of the URI, a fail-fast check.
 
 MLflow's own client retries a dead server for minutes and prints URIs with their
-passwords; a sweep instead checks the server once before anything is trained, and
-never shows a credential.
+passwords; a sweep instead checks the URI's syntax at start, the server once before
+anything is trained, and never shows a credential. MLflow itself is imported only
+for the reachability check, so that bad input stops without its import time.
 """
 
 from __future__ import annotations
@@ -12,9 +13,15 @@ import time
 import urllib.parse
 import urllib.request
 
-import mlflow
+from pipeline.errors import InputError, TrackingUnavailable
 
-from pipeline.errors import TrackingUnavailable
+HTTP = ("http", "https")
+
+
+class BadTrackingUri(InputError):
+    """`MLFLOW_TRACKING_URI` is not a URI a tracking server can have."""
+
+    param = "MLFLOW_TRACKING_URI"
 
 
 def secure_tracking_uri(environ=os.environ):
@@ -26,16 +33,46 @@ def secure_tracking_uri(environ=os.environ):
     without them and no message can show them. Processes started later inherit
     the cleaned environment. MLflow's run links are not printed either: the
     progress lines say which run is which.
+
+    Raises:
+        BadTrackingUri: an http(s) URI whose host or port cannot be right.
     """
     environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    uri = environ.get("MLFLOW_TRACKING_URI", "")
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not (parts.username or parts.password):
+    parts = check_uri(environ.get("MLFLOW_TRACKING_URI", ""))
+    if parts is None or not (parts.username or parts.password):
         return
     environ.setdefault("MLFLOW_TRACKING_USERNAME", urllib.parse.unquote(parts.username or ""))
     environ.setdefault("MLFLOW_TRACKING_PASSWORD", urllib.parse.unquote(parts.password or ""))
     environ["MLFLOW_TRACKING_URI"] = urllib.parse.urlunsplit(
         parts._replace(netloc=_host_and_port(parts)))
+
+
+def check_uri(uri):
+    """Splits an http(s) tracking URI, checking its host and port; None for others.
+
+    The message names the problem but shows no part of the URI, which may hold a
+    password (even where it is malformed, the password may be what broke it).
+
+    Raises:
+        BadTrackingUri: unbalanced IPv6 brackets, no host, a port not in 1..65535.
+    """
+    scheme = uri.partition(":")[0].lower()
+    if scheme not in HTTP:
+        return None
+    expected = f"expected {scheme}://HOST[:PORT][/PATH], an IPv6 HOST in brackets ([::1])"
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        raise BadTrackingUri(f"the host is not a valid address; {expected}") from None
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:  # None: no port, the scheme's default.
+        raise BadTrackingUri(f"the port must be a number from 1 to 65535; {expected}")
+    if not parts.hostname:
+        raise BadTrackingUri(f"no host; {expected}")
+    return parts
 
 
 def redact(uri):
@@ -57,8 +94,10 @@ def check_reachable(seconds=15):
     Raises:
         TrackingUnavailable: if `/health` does not answer within `seconds`.
     """
+    import mlflow  # Seconds to import: only once the input has been checked.
+
     uri = mlflow.get_tracking_uri()
-    if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
+    if urllib.parse.urlsplit(uri).scheme not in HTTP:
         return
     deadline = time.monotonic() + seconds
     while True:
