@@ -25,7 +25,7 @@ from pipeline.model import CompileOptions
 from pipeline.progress import Progress
 from pipeline.search import distributed, packing, state_files
 from pipeline.search.tuner import SweepTuner
-from pipeline.tracking import names, runs
+from pipeline.tracking import names, runs, server
 
 DEFAULT_DIRECTORY = "kt_sweeps"
 # How long a worker that finds its sweep finished waits for a chief to reopen it.
@@ -173,6 +173,7 @@ def _search(tuner, dataset, parent, progress):
             tuner.search_and_retry(dataset)
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted):
+        server.stop_retrying()
         status = "KILLED"
         raise
     finally:
@@ -237,6 +238,7 @@ def run_exercise(specs, load_dataset, settings=Settings(), launcher_run_id=None)
 @contextlib.contextmanager
 def _sigterm_raises():
     def handler(signum, frame):
+        server.stop_retrying()  # The runs' last writes must not outlast the grace period.
         raise Interrupted("SIGTERM: stopped by the scheduler")
 
     previous = signal.signal(signal.SIGTERM, handler)

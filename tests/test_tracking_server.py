@@ -6,9 +6,12 @@ import time
 
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 from servers import free_port
 
 from pipeline.errors import TrackingUnavailable
+from pipeline.tracking import server as server_module
 from pipeline.tracking.server import check_reachable, redact, retry, secure_tracking_uri
 
 USERNAME = "MLFLOW_TRACKING_USERNAME"
@@ -184,18 +187,43 @@ def flaky(failures, result="done"):
 
 def test_retry_returns_after_transient_failures():
     call, calls = flaky(3)
-    assert retry(call, attempts=4, delay=0) == "done"
+    assert retry(call, seconds=5, delay=0) == "done"
     assert len(calls) == 4
 
 
-def test_retry_reraises_the_last_error_after_its_attempts():
-    call, calls = flaky(10)
-    with pytest.raises(ConnectionError, match="busy 3"):
-        retry(call, attempts=3, delay=0)
-    assert len(calls) == 3
+def test_retry_reraises_the_last_error_once_its_time_is_up():
+    call, calls = flaky(10**6)
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="busy"):
+        retry(call, seconds=0.5, delay=0.1)
+    assert 0.3 < time.monotonic() - start < 1.5  # Bounded in time, not in attempts.
+    assert 2 <= len(calls) <= 6  # Delays of 0.1, 0.2, 0.4 s...
+
+
+def test_retry_raises_at_once_what_no_retry_can_fix():
+    calls = []
+
+    def refused():
+        calls.append(1)
+        raise MlflowException("no", error_code=PERMISSION_DENIED)
+
+    with pytest.raises(MlflowException):
+        retry(refused, seconds=60, delay=0)
+    assert len(calls) == 1
 
 
 def test_retry_calls_once_when_the_call_succeeds():
     call, calls = flaky(0, result=None)
-    assert retry(call, attempts=4, delay=0) is None
+    assert retry(call, seconds=5, delay=0) is None
     assert len(calls) == 1
+
+
+def test_retry_gives_up_soon_once_the_process_is_stopping(monkeypatch):
+    monkeypatch.setattr(server_module, "STOP_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr(server_module, "_stopping_at", None)
+    call, calls = flaky(10**6)
+    server_module.stop_retrying()  # SIGTERM arrived: 0.3 s more, not 120.
+    start = time.monotonic()
+    with pytest.raises(ConnectionError):
+        retry(call, seconds=120, delay=0.05)
+    assert time.monotonic() - start < 1.5

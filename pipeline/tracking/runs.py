@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import ParentNotFound, TrackingUnavailable
 from pipeline.tracking import names
+from pipeline.tracking.server import retry
 
 
 @dataclass
@@ -70,7 +71,7 @@ def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=
         tmp.replace(state)
     if launcher_run_id and launcher_run_id != parent.run_id:
         point_to(launcher_run_id, names.SWEEP_RUN_ID, parent.run_id)
-    client.log_batch(parent.run_id, tags=_tags({
+    retry(lambda: client.log_batch(parent.run_id, tags=_tags({
         names.SWEEP: spec.name,
         names.SWEEP_KEY: Path(project_dir).name,
         names.PART: spec.part if spec.part is not None else "",
@@ -79,7 +80,7 @@ def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=
         names.MAX_TRIALS: spec.tuner.max_trials,
         names.EPOCHS: spec.training.epochs,
         names.SEED: spec.tuner.seed,
-    }))
+    })))
     return parent
 
 
@@ -162,7 +163,7 @@ def end_parent(parent, status, best=None):
     """Records the best trial on the parent and ends it with `status`."""
     if best is not None:
         record_best(parent, *best)
-    MlflowClient().set_terminated(parent.run_id, status)
+    retry(lambda: MlflowClient().set_terminated(parent.run_id, status))
 
 
 def record_best(parent, trial_id, score, run_id=None):
@@ -170,13 +171,13 @@ def record_best(parent, trial_id, score, run_id=None):
     tags = {names.BEST_TRIAL: trial_id}
     if run_id:
         tags[names.BEST_RUN_ID] = run_id
-    MlflowClient().log_batch(parent.run_id, tags=_tags(tags), metrics=[
-        Metric(names.BEST_VAL_ACCURACY, float(score), int(time.time() * 1000), 0)])
+    retry(lambda: MlflowClient().log_batch(parent.run_id, tags=_tags(tags), metrics=[
+        Metric(names.BEST_VAL_ACCURACY, float(score), int(time.time() * 1000), 0)]))
 
 
 def point_to(launcher_run_id, key, parent_run_id):
     """Tags the `mlflow run` launcher run with where the sweep was logged."""
-    MlflowClient().set_tag(launcher_run_id, key, parent_run_id)
+    retry(lambda: MlflowClient().set_tag(launcher_run_id, key, parent_run_id))
 
 
 def umbrella_run(experiment, launcher_run_id):
@@ -248,14 +249,14 @@ def mark_interrupted(client, parent_run_id, keep=()):
 
 def end_left_over(client, run_id, status, reason):
     """Ends a run its own process can no longer end, saying why (`failure_reason`)."""
-    client.set_tag(run_id, names.FAILURE_REASON, reason)
-    client.set_terminated(run_id, status)
+    retry(lambda: client.set_tag(run_id, names.FAILURE_REASON, reason))
+    retry(lambda: client.set_terminated(run_id, status))
 
 
 def _reopen(client, project_dir, experiment, keep):
     parent = existing_parent(project_dir, experiment)
     if parent is not None:
-        client.update_run(parent.run_id, status="RUNNING")
+        retry(lambda: client.update_run(parent.run_id, status="RUNNING"))
         mark_interrupted(client, parent.run_id, keep)
     return parent
 
@@ -273,7 +274,7 @@ def _new_parent_run(client, spec, exp_id, key, launcher_run_id, nest_under):
             client.update_run(launcher_run_id, name=spec.name)
             return launcher_run_id
     tags = {names.PARENT_RUN: nest_under} if nest_under else {}
-    return client.create_run(exp_id, run_name=spec.name, tags=tags).info.run_id
+    return retry(lambda: client.create_run(exp_id, run_name=spec.name, tags=tags)).info.run_id
 
 
 def _tags(mapping):

@@ -88,6 +88,16 @@ def _host_and_port(parts):
     return parts.netloc.rpartition("@")[2]
 
 
+# A write still failing after this long fails its trial (which then runs again).
+RETRY_SECONDS = 120.0
+MAX_RETRY_DELAY = 15.0
+STOP_RETRY_SECONDS = 10.0
+_stopping_at = None
+# MLflow error codes that no retry can fix.
+PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
+             "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_STATE"}
+
+
 def check_reachable(seconds=15):
     """Fails fast if the tracking store is a server that does not answer.
 
@@ -115,12 +125,30 @@ def check_reachable(seconds=15):
         time.sleep(2)
 
 
-def retry(call, attempts=4, delay=1.0):
-    """Calls `call`, retrying with a doubling delay if the store is busy or away."""
-    for attempt in range(attempts):
+def stop_retrying():
+    """From now on, writes retry for `STOP_RETRY_SECONDS` at most (a SIGTERM must end
+    the process within its grace period, whatever the store does)."""
+    global _stopping_at
+    _stopping_at = time.monotonic()
+
+
+def retry(call, seconds=RETRY_SECONDS, delay=0.5):
+    """Calls `call`, retrying while the store is busy or away, for up to `seconds`.
+
+    The delay doubles from `delay` up to `MAX_RETRY_DELAY`. An error that retrying
+    cannot fix (a refused credential, a conflicting value) is raised at once; any
+    other is raised once `seconds` have passed, and the trial it was writing ends
+    FAILED and is run again.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
         try:
             return call()
-        except Exception:
-            if attempt == attempts - 1:
+        except Exception as e:
+            if _stopping_at is not None:  # Shutting down: retry only briefly.
+                deadline = min(deadline, _stopping_at + STOP_RETRY_SECONDS)
+            if getattr(e, "error_code", None) in PERMANENT or (
+                    time.monotonic() + delay > deadline):
                 raise
-            time.sleep(delay * 2 ** attempt)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)

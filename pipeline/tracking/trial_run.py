@@ -57,8 +57,9 @@ def start_trial_run(parent, spec_name, trial_id, worker, probe=None, tags=None):
     """
     tags = {names.SWEEP: spec_name, names.TRIAL_ID: trial_id, names.WORKER: worker,
             names.PARENT_RUN: parent.run_id, **{k: str(v) for k, v in (tags or {}).items()}}
-    run = MlflowClient().create_run(parent.experiment_id, run_name=f"{spec_name}-trial-{trial_id}",
-                                    tags=context_registry.resolve_tags(tags))
+    tags = context_registry.resolve_tags(tags)
+    run = retry(lambda: MlflowClient().create_run(
+        parent.experiment_id, run_name=f"{spec_name}-trial-{trial_id}", tags=tags))
     return TrialRun(run.info.run_id, probe)
 
 
@@ -100,10 +101,10 @@ class TrialRun:
         count = config.params
         counts = {names.TRAINABLE_PARAMS: count.total, names.WEIGHTS: count.weights,
                   names.BIASES: count.biases}
-        self._client.log_batch(
+        retry(lambda: self._client.log_batch(
             self.run_id,
             params=[Param(k, str(v)) for k, v in trial_params(config).items()],
-            metrics=_metrics(counts, step=0))
+            metrics=_metrics(counts, step=0)))
 
     def log_epoch(self, epoch, metrics, weights=None):
         """Queues one epoch's metrics (step = `epoch`, 1-based) and its weights' probe
@@ -204,7 +205,8 @@ class TrialRun:
                     "its trial was re-issued to another worker (this one was taken for lost)")
         try:
             if reason is not None:
-                self._client.set_tag(self.run_id, names.FAILURE_REASON, one_line(reason))
+                retry(lambda: self._client.set_tag(self.run_id, names.FAILURE_REASON,
+                                                   one_line(reason)))
             retry(lambda: self._client.set_terminated(self.run_id, status))
             self.status = status
         except Exception as e:  # noqa: BLE001 - the store is gone; a resume closes the run.
