@@ -93,3 +93,15 @@ def tracking_server(workdir, monkeypatch):
     finally:
         server.stop()
         database.drop()
+
+
+@pytest.fixture(autouse=True)
+def no_sweep_left_behind():
+    """Kills the sweep processes a test started and left running (it failed midway)."""
+    yield
+    from servers import SweepProcess
+
+    for sweep in SweepProcess.started:
+        if sweep.process.poll() is None:
+            sweep.kill()
+    SweepProcess.started.clear()

@@ -104,16 +104,29 @@ class MlflowServer:
             self.process.wait()
 
 
+def _default_sigint():
+    """A user's Ctrl-C reaches the sweep even when the tests run in the background
+    (a non-interactive shell starts background jobs with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class SweepProcess:
-    """`python -m pipeline sweep ...` as its own process group, output to a file."""
+    """`python -m pipeline sweep ...` as its own process group, output to a file.
+
+    Every one started is in `SweepProcess.started`; the `no_sweep_left_behind`
+    fixture kills those still running when a test ends, failed or not.
+    """
+
+    started = []
 
     def __init__(self, args, workdir, env=None):
+        SweepProcess.started.append(self)
         self.output = Path(workdir) / f"sweep-{uuid.uuid4().hex[:6]}.log"
         with open(self.output, "w") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "sweep", *args], cwd=workdir,
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                start_new_session=True)
+                start_new_session=True, preexec_fn=_default_sigint)
 
     @property
     def text(self):

@@ -3,6 +3,7 @@ would (`--role`), a real PostgreSQL-backed `mlflow server`, and callers on the
 oracle's port that are not the sweep's."""
 
 import signal
+import time
 
 import grpc
 import keras_tuner
@@ -10,7 +11,7 @@ import mlflow
 import pytest
 from keras_tuner.engine.trial import Trial, TrialStatus
 from servers import SweepProcess, free_port, wait_for
-from test_scale import check_complete, mid_trial, runs, sweep_args
+from test_scale import check_complete, mid_trial, mid_trials, runs, sweep_args
 
 from pipeline.search import auth, internals
 from pipeline.tracking import names
@@ -127,3 +128,21 @@ def test_a_chief_restarted_under_a_live_worker_loses_nothing_and_logs_nothing_tw
     # The trial the worker was training when the chief died is the same run, whole.
     assert client.get_run(victim.info.run_id).info.status == "FINISHED"
     assert f"{victim.data.tags[names.TRIAL_ID]} on w1" in again.text
+
+
+def test_ctrl_c_with_workers_stops_every_process_once_with_every_run_killed(
+        tracking_server, client, workdir, mnist_path):
+    sweep = SweepProcess(sweep_args(mnist_path, 6, "--workers", "2", "--train-limit", "50000",
+                                    epochs=10), workdir)
+    wait_for(lambda: len(mid_trials(client)) >= 2, 300, "both workers mid-trial")
+    started = time.monotonic()
+    sweep.signal_group(signal.SIGINT)  # A terminal's Ctrl-C: the whole process group.
+    sweep.signal_group(signal.SIGINT)  # Pressed twice, impatiently.
+    assert sweep.wait(timeout=60) == 128 + signal.SIGINT, sweep.text
+    assert time.monotonic() - started < 30
+    assert "Traceback" not in sweep.text and "Aborted" not in sweep.text
+    assert sweep.text.count("stopped by Ctrl-C") == 1
+    assert not [r for r in runs(client) if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs(client, "parent")} == {"KILLED"}
+    killed = [r for r in runs(client) if r.info.status == "KILLED"]
+    assert len(killed) >= 2

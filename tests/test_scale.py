@@ -118,8 +118,10 @@ def test_sigterm_ends_the_trial_run_and_exits_non_zero(tracking_server, client, 
     first = SweepProcess(args, workdir)
     running = wait_for(lambda: len(mid_trials(client)) >= pack and mid_trials(client), 300,
                        "every trial of a pack mid-way")
+    started = time.monotonic()
     first.signal_group(signal.SIGTERM)
     assert first.wait(timeout=60) == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 30  # Within a scheduler's grace period.
     assert "run the same command again to resume" in first.text
     # Every trial of the pack that was training ends KILLED.
     assert len(running) == pack

@@ -3,9 +3,9 @@
 Each process is the same `python -m pipeline sweep` command with a role, exactly
 what a cluster scheduler would start on separate nodes (see `deploy/`). The chief
 listens on 127.0.0.1 only, and the processes share a random token made for this
-run, passed in their environment. SIGTERM
-and SIGINT are forwarded to all of them, and the chief's exit status is returned:
-0 when the sweep finished.
+run, passed in their environment. SIGTERM or Ctrl-C reaches each of them once, as
+SIGTERM (each closes its runs KILLED), and the chief's exit status is returned: 0
+when the sweep finished.
 """
 
 from __future__ import annotations
@@ -52,6 +52,26 @@ def _launcher_run(environ):
     return {"MLFLOW_RUN_ID": environ["MLFLOW_RUN_ID"]} if "MLFLOW_RUN_ID" in environ else {}
 
 
+def _start(command, env):
+    """A chief or worker process; it ignores the terminal's Ctrl-C, which reaches
+    the whole process group: the launcher alone turns it into one SIGTERM each."""
+    return subprocess.Popen(command, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+
+
+def _wait_for_chief(chief, procs, worker_timeout):
+    all_gone_at = None
+    while chief.poll() is None:
+        time.sleep(0.5)
+        if all(p.poll() is not None for p in procs):
+            all_gone_at = all_gone_at or time.monotonic()
+            if time.monotonic() - all_gone_at > worker_timeout + GRACE_SECONDS:
+                print("every worker exited before the sweep finished; stopping the "
+                      "chief (run the same command again to resume)",
+                      file=sys.stderr, flush=True)
+                chief.terminate()
+
+
 def run(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT):
     """Runs a chief and `workers` workers until the chief exits.
 
@@ -62,7 +82,8 @@ def run(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT):
 
     Returns:
         The chief's exit status (non-zero if every worker exited before the sweep
-        finished: the chief is then stopped, and the same command resumes it).
+        finished: the chief is then stopped, and the same command resumes it), or
+        130 after Ctrl-C: each process was sent SIGTERM once and closed its runs.
     """
     _create_store()
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -70,35 +91,33 @@ def run(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT):
     token = {auth.ENV_TOKEN: auth.new_token()}
     worker_env = {k: v for k, v in os.environ.items()
                   if k not in ("MLFLOW_RUN_ID", auth.ENV_TOKEN_FILE)}
-    chief = subprocess.Popen(chief_cmd, env={**worker_env, **token,
-                                             **_launcher_run(os.environ)})
-    procs = [subprocess.Popen(cmd, env={**worker_env, **token}) for cmd in worker_cmds]
+    chief = _start(chief_cmd, {**worker_env, **token, **_launcher_run(os.environ)})
+    procs = [_start(cmd, {**worker_env, **token}) for cmd in worker_cmds]
     everyone = [chief, *procs]
+    stopping = []
 
-    def forward(signum, frame):
-        for process in everyone:
-            if process.poll() is None:
-                process.send_signal(signum)
+    def stop(signum, frame):
+        # Once: a second Ctrl-C must not interrupt the processes' own clean-up.
+        if not stopping:
+            stopping.append(signum)
+            for process in everyone:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        all_gone_at = None
-        while chief.poll() is None:
-            time.sleep(0.5)
-            if all(p.poll() is not None for p in procs):
-                all_gone_at = all_gone_at or time.monotonic()
-                if time.monotonic() - all_gone_at > worker_timeout + GRACE_SECONDS:
-                    print("every worker exited before the sweep finished; stopping the "
-                          "chief (run the same command again to resume)",
-                          file=sys.stderr, flush=True)
-                    chief.terminate()
+        _wait_for_chief(chief, procs, worker_timeout)
         # The chief exits once no trial is left: workers only wait for its "stop".
         for process in procs:
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=GRACE_SECONDS if stopping else 10)
             except subprocess.TimeoutExpired:
                 process.terminate()
                 process.wait()
+        if stopping == [signal.SIGINT]:
+            print("stopped by Ctrl-C: every trial run that was training ended KILLED; run "
+                  "the same command again to resume", file=sys.stderr, flush=True)
+            return 128 + signal.SIGINT
         return chief.returncode
     finally:
         for sig, handler in previous.items():
