@@ -11,6 +11,7 @@ escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import signal
 
 
@@ -65,6 +66,22 @@ class SweepBusy(PipelineError):
 
 class StateDamaged(PipelineError):
     """A sweep's state file is damaged; the message names it and the ways on."""
+
+
+class DiskFull(PipelineError):
+    """A write found no space left; the sweep stops, and the same command resumes it."""
+
+
+def disk_full(error):
+    """Whether `error`, or an error it came from, is a full disk."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "errno", None) == errno.ENOSPC or (
+                "database or disk is full" in str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class OracleLost(PipelineError):

@@ -20,12 +20,14 @@ import grpc
 import mlflow
 
 from pipeline import space as space_module
-from pipeline.errors import Interrupted, OracleLost, SweepBusy
+from pipeline.errors import (DiskFull, Interrupted, OracleLost, PipelineError, SweepBusy,
+                             disk_full)
 from pipeline.model import CompileOptions
 from pipeline.progress import Progress
 from pipeline.search import distributed, packing, state_files
 from pipeline.search.tuner import SweepTuner
 from pipeline.tracking import names, runs, server
+from pipeline.tracking.trial_run import one_line
 
 DEFAULT_DIRECTORY = "kt_sweeps"
 # How long a worker that finds its sweep finished waits for a chief to reopen it.
@@ -91,10 +93,17 @@ def run(spec, dataset, settings=Settings(), launcher_run_id=None, nest_under=Non
     """
     space = space_module.build(spec)
     project = project_name(spec, dataset, settings.experiment)
-    if distributed.role() == "worker":
-        return _run_worker(spec, space, dataset, project, settings)
-    return _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id,
-                               nest_under)
+    try:
+        if distributed.role() == "worker":
+            return _run_worker(spec, space, dataset, project, settings)
+        return _run_chief_or_alone(spec, space, dataset, project, settings,
+                                   launcher_run_id, nest_under)
+    except Exception as e:
+        if isinstance(e, PipelineError) or not disk_full(e):
+            raise
+        raise DiskFull(f"no space left on the disk ({one_line(e)}); free some and run the "
+                       "same command again: the sweep resumes, and the trial that was "
+                       "being written runs again") from None
 
 
 def _run_worker(spec, space, dataset, project, settings):

@@ -2,6 +2,7 @@
 Keras Tuner's files stop the sweep with one line naming the file and the ways on.
 And every state file is written whole (temporary file, then rename)."""
 
+import errno
 import json
 import os
 
@@ -10,7 +11,7 @@ from keras_tuner.src import utils as kt_utils
 
 from pipeline import specfile, sweep
 from pipeline.cli import cli
-from pipeline.errors import StateDamaged
+from pipeline.errors import DiskFull, StateDamaged
 from pipeline.search import internals
 from pipeline.tracking import names, runs
 
@@ -104,3 +105,31 @@ def test_keras_tuners_state_files_are_written_whole(tmp_path, monkeypatch):
         kt_utils.save_json(str(path), {"trials": [1, 2, 3, 4]})
     assert json.loads(path.read_text()) == {"trials": [1, 2, 3]}
     assert os.listdir(tmp_path) == ["oracle.json"]
+
+
+def test_a_full_disk_mid_sweep_stops_in_one_line_and_the_same_command_resumes(
+        tmp_path, small_mnist, monkeypatch):
+    (tmp_path / "tiny.yaml").write_text(SPEC)
+    spec = specfile.load(tmp_path / "tiny.yaml")
+    settings = sweep.Settings(experiment="disk", directory=str(tmp_path / "kt"))
+    writes = []
+    real_fsync = os.fsync
+
+    def fills_up(fd):
+        writes.append(fd)
+        if len(writes) > 6:  # The disk fills after a few state files.
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fills_up)
+    with pytest.raises(DiskFull) as error:
+        sweep.run(spec, small_mnist, settings)
+    message = str(error.value)
+    assert message.startswith("no space left on the disk (OSError: ")
+    assert "run the same command again" in message and "\n" not in message
+
+    monkeypatch.setattr(os, "fsync", real_fsync)  # Space was freed.
+    result = sweep.run(spec, small_mnist, settings)
+    assert result.resumed
+    finished = runs.trial_runs(result.parent_run_id, status="FINISHED")
+    assert sorted(r.data.tags[names.TRIAL_ID] for r in finished) == ["0", "1"]  # Once each.

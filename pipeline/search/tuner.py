@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.device import device_arrays
-from pipeline.errors import LoggingFailed, SweepStopped
+from pipeline.errors import LoggingFailed, SweepStopped, disk_full
 from pipeline.gradients import GradientProbe
 from pipeline.model import EVAL_BATCH_SIZE, CompileOptions, MnistHyperModel, build_model
 from pipeline.progress import Progress
@@ -235,6 +235,8 @@ class SweepTuner(keras_tuner.Tuner):
             try:
                 run.wait()
             except LoggingFailed as e:
+                if disk_full(e):  # Every trial after it would fail alike: stop.
+                    raise
                 self.unlogged.append(trial_id)
                 self.progress.say(f"trial {trial_id}: {e}; it runs again")
 

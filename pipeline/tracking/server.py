@@ -13,7 +13,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from pipeline.errors import InputError, TrackingUnavailable
+from pipeline.errors import InputError, TrackingUnavailable, disk_full
 
 HTTP = ("http", "https")
 
@@ -147,7 +147,7 @@ def retry(call, seconds=RETRY_SECONDS, delay=0.5):
         except Exception as e:
             if _stopping_at is not None:  # Shutting down: retry only briefly.
                 deadline = min(deadline, _stopping_at + STOP_RETRY_SECONDS)
-            if getattr(e, "error_code", None) in PERMANENT or (
+            if getattr(e, "error_code", None) in PERMANENT or disk_full(e) or (
                     time.monotonic() + delay > deadline):
                 raise
             time.sleep(delay)
