@@ -92,7 +92,8 @@ def test_the_cli_says_a_damaged_state_in_one_line(finished, runner, mnist_path, 
 
 def test_keras_tuners_state_files_are_written_whole(tmp_path, monkeypatch):
     internals.write_state_atomically()
-    path = tmp_path / "oracle.json"
+    (tmp_path / "state").mkdir()
+    path = tmp_path / "state" / "oracle.json"
     kt_utils.save_json(str(path), {"trials": [1, 2, 3]})
     assert json.loads(path.read_text()) == {"trials": [1, 2, 3]}
 
@@ -104,7 +105,7 @@ def test_keras_tuners_state_files_are_written_whole(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         kt_utils.save_json(str(path), {"trials": [1, 2, 3, 4]})
     assert json.loads(path.read_text()) == {"trials": [1, 2, 3]}
-    assert os.listdir(tmp_path) == ["oracle.json"]
+    assert os.listdir(tmp_path / "state") == ["oracle.json"]
 
 
 def test_a_full_disk_mid_sweep_stops_in_one_line_and_the_same_command_resumes(
