@@ -1,6 +1,7 @@
 """The tracking URI: credentials out of it, redaction, the fail-fast check, retries."""
 
 import http.server
+import json
 import threading
 import time
 
@@ -30,13 +31,24 @@ def health_server():
 
     class Health(http.server.BaseHTTPRequestHandler):
         status_code = 200
+        api_status = 200  # Of MLflow's REST API: 401 when credentials are refused.
         paths = []
 
         def do_GET(self):  # noqa: N802 - the name http.server calls
-            Health.paths.append(self.path)
-            self.send_response(Health.status_code)
+            Health.paths.append(self.path.split("?")[0])
+            if self.path == "/health":
+                self.send_response(Health.status_code)
+                self.end_headers()
+                self.wfile.write(b"OK")
+                return
+            self.send_response(Health.api_status)
+            self.send_header("Content-Type", "application/json")
             self.end_headers()
-            self.wfile.write(b"OK")
+            body = ({"experiments": []} if Health.api_status == 200 else
+                    {"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."})
+            self.wfile.write(json.dumps(body).encode())
+
+        do_POST = do_GET
 
         def log_message(self, *args):
             pass
@@ -130,10 +142,22 @@ def test_check_reachable_returns_at_once_for_the_sqlite_store(workdir):
     assert not (workdir / "mlflow.db").exists()  # not even opened
 
 
-def test_check_reachable_returns_when_health_answers(health_server):
+def test_check_reachable_returns_when_health_and_an_authenticated_call_answer(
+        health_server):
     mlflow.set_tracking_uri(health_server.url + "/")
     check_reachable(seconds=0)
-    assert health_server.handler.paths == ["/health"]
+    assert health_server.handler.paths == ["/health", "/api/2.0/mlflow/experiments/search"]
+
+
+def test_check_reachable_raises_when_the_credentials_are_refused(health_server, monkeypatch):
+    health_server.handler.api_status = 401
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    mlflow.set_tracking_uri(health_server.url)
+    with pytest.raises(TrackingUnavailable, match="refused a request .* check "
+                                                  "MLFLOW_TRACKING_USERNAME") as error:
+        check_reachable(seconds=0)
+    assert "s3cret" not in str(error.value) and "\n" not in str(error.value)
 
 
 def test_check_reachable_raises_when_health_is_not_ok(health_server):

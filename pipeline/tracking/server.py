@@ -102,7 +102,8 @@ def check_reachable(seconds=15):
     """Fails fast if the tracking store is a server that does not answer.
 
     Raises:
-        TrackingUnavailable: if `/health` does not answer within `seconds`.
+        TrackingUnavailable: if `/health` does not answer within `seconds`, or the
+            server refuses an authenticated call (wrong or missing credentials).
     """
     import mlflow  # Seconds to import: only once the input has been checked.
 
@@ -114,7 +115,7 @@ def check_reachable(seconds=15):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as reply:
                 if reply.status == 200:
-                    return
+                    return _check_credentials(uri)
         except OSError as e:
             error = getattr(e, "reason", e)
             if time.monotonic() > deadline:
@@ -123,6 +124,21 @@ def check_reachable(seconds=15):
                     f"after {seconds} s; start it, or point MLFLOW_TRACKING_URI at one "
                     "that runs (unset, ./mlflow.db is used)") from None
         time.sleep(2)
+
+
+def _check_credentials(uri):
+    """One authenticated call: `/health` answers anyone, so it proves nothing about the
+    credentials every write of the sweep will need."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except MlflowException as e:
+        raise TrackingUnavailable(
+            f"the MLflow tracking server at {redact(uri)} refused a request "
+            f"({e.error_code}): check MLFLOW_TRACKING_USERNAME/PASSWORD or "
+            "MLFLOW_TRACKING_TOKEN (or the user:password in the URI)") from None
 
 
 def stop_retrying():
