@@ -538,3 +538,71 @@ def test_a_restarted_chief_gives_each_live_worker_its_trial_back(tmp_path, serve
     assert after.ongoing_trials["w1"].trial_id == trials[0].trial_id
     assert internals.retry_queue(after) == ["1"]  # w2's, unclaimed: the next worker's.
     assert "w1" in after.tuner_ids
+
+
+# -- TLS -------------------------------------------------------------------------
+
+def self_signed(directory, host="127.0.0.1"):
+    """A certificate for `host` and its key, PEM files: (cert path, key path)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / f"{host}.crt", directory / f"{host}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_over_tls_a_worker_that_trusts_the_chief_gets_through_and_plain_text_does_not(
+        tmp_path, serve_oracle, chief_env):
+    cert, key = self_signed(tmp_path)
+    chief_env.setenv(auth.ENV_TLS_CERT, str(cert))
+    chief_env.setenv(auth.ENV_TLS_KEY, str(key))
+    chief_env.setenv(auth.ENV_TLS_CA, str(cert))  # The Chief helper's own channels.
+    chief = serve_oracle(max_trials=2)
+    assert chief.create_trial("w1").status == TrialStatus.RUNNING  # TLS, token: through.
+
+    service = internals.service()
+    plain = grpc.insecure_channel(chief.address)
+    (tmp_path / "other").mkdir()
+    other, _ = self_signed(tmp_path / "other")  # A certificate the chief does not hold.
+    untrusting = auth.channel(chief.address, TOKEN, "w2", {auth.ENV_TLS_CA: str(other)})
+    try:
+        for channel in (plain, untrusting):
+            with pytest.raises(grpc.RpcError) as error:
+                internals.service_grpc().OracleStub(channel).GetSpace(
+                    service.GetSpaceRequest(), timeout=5)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        plain.close()
+        untrusting.close()
+    assert list(chief.oracle.ongoing_trials) == ["w1"]
+
+
+def test_tls_needs_both_the_certificate_and_its_key(chief_env, tmp_path):
+    cert, _ = self_signed(tmp_path)
+    chief_env.setenv(auth.ENV_TLS_CERT, str(cert))
+    with pytest.raises(InputError, match="TLS needs both") as error:
+        distributed.set_role("chief", "127.0.0.1:40126")
+    assert error.value.param == auth.ENV_TLS_KEY
+    chief_env.setenv(auth.ENV_TLS_KEY, str(tmp_path / "missing.key"))
+    with pytest.raises(InputError, match="cannot read .*missing.key"):
+        distributed.set_role("chief", "127.0.0.1:40126")

@@ -8,6 +8,11 @@ right token `UNAUTHENTICATED` before it reaches the oracle.
 The token comes from `MNIST_SWEEPS_ORACLE_TOKEN`, or from a file named by
 `--oracle-token-file` (or `MNIST_SWEEPS_ORACLE_TOKEN_FILE`); it never appears on a
 command line or in a log. `--workers N` makes a random one for its processes.
+
+TLS is optional: a chief given `MNIST_SWEEPS_ORACLE_TLS_CERT` and `..._TLS_KEY` (PEM
+files) serves over TLS, and workers given `MNIST_SWEEPS_ORACLE_TLS_CA` (the PEM that
+signed the chief's certificate) verify it, so neither the token nor the trials cross
+the network in the clear.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ ENV_TOKEN_FILE = "MNIST_SWEEPS_ORACLE_TOKEN_FILE"
 TOKEN_KEY = "authorization"
 WORKER_KEY = "tuner-id"  # The calling worker's id, for requests that do not carry it.
 MIN_TOKEN_LENGTH = 16
+ENV_TLS_CERT = "MNIST_SWEEPS_ORACLE_TLS_CERT"
+ENV_TLS_KEY = "MNIST_SWEEPS_ORACLE_TLS_KEY"
+ENV_TLS_CA = "MNIST_SWEEPS_ORACLE_TLS_CA"
 
 
 class TokenMissing(InputError):
@@ -78,6 +86,38 @@ def require(token, role):
     return token
 
 
+def _pem(variable, environ):
+    path = environ.get(variable)
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        error = InputError(f"cannot read {path}: {e.strerror}")
+        error.param = variable
+        raise error from None
+
+
+def server_credentials(environ=os.environ):
+    """The chief's TLS credentials, or None to serve without TLS."""
+    cert, key = _pem(ENV_TLS_CERT, environ), _pem(ENV_TLS_KEY, environ)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        error = InputError(f"TLS needs both {ENV_TLS_CERT} and {ENV_TLS_KEY}")
+        error.param = ENV_TLS_CERT if cert is None else ENV_TLS_KEY
+        raise error
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
+def check_tls(role, environ=os.environ):
+    """Reads this role's TLS files now, so a bad path stops before anything is written."""
+    if role == "chief":
+        server_credentials(environ)
+    else:
+        _pem(ENV_TLS_CA, environ)
+
+
 # -- the chief -------------------------------------------------------------------
 
 def _refuse(request, context):
@@ -124,7 +164,10 @@ class _CallDetails(collections.namedtuple("_CallDetails", (
     """A call's details with the credentials' metadata added."""
 
 
-def channel(address, token, worker_id):
-    """A channel to the chief whose every call carries the token and the worker's id."""
-    return grpc.intercept_channel(grpc.insecure_channel(address),
-                                  _Credentials(token, worker_id))
+def channel(address, token, worker_id, environ=os.environ):
+    """A channel to the chief whose every call carries the token and the worker's id
+    (over TLS, verified against `MNIST_SWEEPS_ORACLE_TLS_CA`, when that is set)."""
+    ca = _pem(ENV_TLS_CA, environ)
+    base = (grpc.secure_channel(address, grpc.ssl_channel_credentials(ca)) if ca
+            else grpc.insecure_channel(address))
+    return grpc.intercept_channel(base, _Credentials(token, worker_id))

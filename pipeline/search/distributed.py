@@ -58,6 +58,7 @@ def set_role(role, oracle_address, worker_id=None, chief_timeout=CHIEF_TIMEOUT, 
     os.environ[ENV_PORT] = port
     os.environ[ENV_ID] = "chief" if role == "chief" else (worker_id or f"worker{os.getpid()}")
     os.environ[auth.ENV_TOKEN] = auth.require(token or os.environ.get(auth.ENV_TOKEN), role)
+    auth.check_tls(role)
     internals.set_client_timeout(chief_timeout)
 
 
@@ -216,8 +217,10 @@ def _start_server(servicer):
                          maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,
                          options=[("grpc.so_reuseport", 0)])
     internals.service_grpc().add_OracleServicer_to_server(servicer, server)
+    tls = auth.server_credentials()
     try:
-        bound = server.add_insecure_port(address)
+        bound = (server.add_secure_port(address, tls) if tls
+                 else server.add_insecure_port(address))
     except RuntimeError:
         bound = 0
     if not bound:
