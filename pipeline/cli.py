@@ -3,7 +3,8 @@
 Thin by design: options are validated here, at the edge, and handed to
 `pipeline.sweep` and `pipeline.report`. Every error a user can act on is a
 `PipelineError`, caught once (`SweepCli.invoke`) and printed as one line with its
-exit status: 2 for bad input, before anything is written to MLflow.
+exit status: 2 for bad input, before anything is written to MLflow. Click's own
+usage errors (an unknown option, a bad number) are cut to that one line too.
 """
 
 from __future__ import annotations
@@ -16,65 +17,20 @@ import click
 from pipeline import data as data_module
 from pipeline import specfile
 from pipeline.errors import InputError, Interrupted, PipelineError
+from pipeline.options import (
+    MAX_WORKERS,
+    Seconds,
+    experiment_name,
+    from_spec,
+    oracle_address,
+    sweep_options,
+)
 from pipeline.spec import EXERCISE
 from pipeline.tracking import names
-
-# Zero or empty means "from the spec", so that MLproject parameters can default.
-FROM_SPEC = click.IntRange(min=0)
 
 
 def _none_if_zero(value):
     return value or None
-
-
-def _experiment_name(ctx, param, value):
-    """An MLflow experiment name: 1 to 500 characters, printable, not only spaces."""
-    if not value.strip() or len(value) > 500 or not value.isprintable():
-        error = InputError(f"expected an experiment name of 1 to 500 printable characters, "
-                           f"not only spaces, got {value[:40]!r}")
-        error.param = "'--experiment'"
-        raise error  # Not BadParameter: click would add its usage lines.
-    return value
-
-
-def sweep_options(func):
-    """The options shared by `sweep` and `exercise`, as in MLproject."""
-    options = [
-        click.option("--max-trials", type=FROM_SPEC, default=0, show_default=True,
-                     help="Trials to run; 0 = the spec's tuner.max_trials."),
-        click.option("--epochs", type=FROM_SPEC, default=0, show_default=True,
-                     help="Epochs per trial; 0 = the spec's training.epochs."),
-        click.option("--seed", type=FROM_SPEC, default=0, show_default=True,
-                     help="Oracle and training seed; 0 = the spec's tuner.seed."),
-        click.option("--data", "data_path", default="", metavar="PATH",
-                     help=f"Keras-layout mnist.npz; empty = ${data_module.ENV_VAR}, "
-                          "else Keras' download."),
-        click.option("--train-limit", type=FROM_SPEC, default=0, show_default=True,
-                     help="Train on only the first N training images (smoke runs); "
-                          "0 = all."),
-        click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME",
-                     default=names.DEFAULT_EXPERIMENT, show_default=True,
-                     callback=_experiment_name,
-                     help="MLflow experiment (or $MLFLOW_EXPERIMENT_NAME)."),
-        click.option("--directory", envvar="MNIST_SWEEPS_DIR", default="kt_sweeps",
-                     show_default=True, type=click.Path(file_okay=False),
-                     help="Where Keras Tuner keeps each sweep's state, for resuming "
-                          "(or $MNIST_SWEEPS_DIR)."),
-        click.option("--overwrite", is_flag=True,
-                     help="Start the sweep afresh instead of resuming it."),
-        click.option("-v", "--verbose", count=True,
-                     help="Show Keras' per-epoch progress bar."),
-        click.option("--mixed-precision", is_flag=True,
-                     help="Compute in float16 on GPUs (results change slightly)."),
-        click.option("--threads", type=FROM_SPEC, default=0, show_default=True,
-                     help="CPU threads TensorFlow may use per process; 0 = all."),
-        click.option("--pack", type=FROM_SPEC, default=0, show_default=True,
-                     help="Trials trained together in one step (1 = one at a time); "
-                          "0 = the spec's tuner.pack, else chosen by model size."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
 
 
 def load_spec(name, max_trials=0, epochs=0, seed=0):
@@ -82,6 +38,7 @@ def load_spec(name, max_trials=0, epochs=0, seed=0):
     from pipeline import space
 
     spec = specfile.load(name).with_overrides(max_trials=max_trials, epochs=epochs, seed=seed)
+    specfile.check_reachable(spec)
     space.build(spec)
     return spec
 
@@ -90,14 +47,33 @@ def load_data(path, validation_split, train_limit):
     return data_module.load(path or None, validation_split, _none_if_zero(train_limit))
 
 
+def _one_line(error):
+    """A click usage error as one line on stderr, `Error: ...`, and its exit status (2):
+    without click's usage and "Try --help" lines."""
+    one = click.ClickException(" ".join(error.format_message().splitlines()))
+    one.exit_code = error.exit_code
+    return one
+
+
 class SweepCli(click.Group):
-    """The command group; turns a `PipelineError` into one line and its exit status."""
+    """The command group; turns a `PipelineError` or a usage error into one line and
+    its exit status. `--help`, and no command at all, still show the help."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:  # The group's own options.
+            raise _one_line(e) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except InputError as e:
-            raise click.BadParameter(str(e), param_hint=e.param) from None
+            raise _one_line(click.BadParameter(str(e), param_hint=e.param)) from None
+        except click.UsageError as e:  # A command's options and arguments, or its name.
+            raise _one_line(e) from None
         except PipelineError as e:
             error = click.ClickException(str(e))
             error.exit_code = e.exit_code
@@ -131,6 +107,7 @@ def list_specs():
     for path in specfile.available():
         try:
             spec = specfile.load(path)
+            specfile.check_reachable(spec)
             low, high = space.build(spec).param_bounds()
         except InputError as e:
             click.echo(f"{path.stem}: INVALID: {e}")
@@ -147,31 +124,22 @@ def list_specs():
         click.echo(f"{'':<14} {spec.description.splitlines()[0]}")
 
 
-def _oracle_address(ctx, param, value):
-    if value is None:
-        return None
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
-    return value
-
-
 @cli.command()
 @click.argument("spec", metavar="SPEC")
 @sweep_options
-@click.option("--workers", type=FROM_SPEC, default=0, show_default=True,
+@click.option("--workers", type=from_spec(MAX_WORKERS), default=0, show_default=True,
               help="Run N worker processes and a chief on this machine (Keras Tuner's "
                    "distributed mode); 0 = one process.")
 @click.option("--role", type=click.Choice(["chief", "worker"]),
               help="This process's part in a distributed sweep started by a scheduler.")
-@click.option("--oracle", callback=_oracle_address, metavar="HOST:PORT",
+@click.option("--oracle", callback=oracle_address, metavar="HOST:PORT",
               help="The chief's oracle address (with --role).")
 @click.option("--worker-id", default=None,
               help="A worker's id, unique in the sweep (default: worker-<host>-<pid>).")
-@click.option("--worker-timeout", type=click.FloatRange(min=1), default=60,
+@click.option("--worker-timeout", type=Seconds(), default=60,
               show_default=True,
               help="Seconds without a heartbeat before the chief re-issues a worker's trial.")
-@click.option("--chief-timeout", type=click.FloatRange(min=1), default=600,
+@click.option("--chief-timeout", type=Seconds(), default=600,
               show_default=True,
               help="Seconds a worker waits for the chief to answer before it gives up.")
 @click.option("--oracle-token-file", envvar="MNIST_SWEEPS_ORACLE_TOKEN_FILE",
@@ -301,7 +269,7 @@ def exercise(out, **options):
 
 @cli.command()
 @click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME", default=names.DEFAULT_EXPERIMENT,
-              show_default=True, callback=_experiment_name,
+              show_default=True, callback=experiment_name,
               help="MLflow experiment holding the exercise sweeps.")
 @click.option("--out", default="reports", show_default=True,
               type=click.Path(file_okay=False), help="Directory for the report files.")

@@ -22,6 +22,19 @@ PARTS = (1, 2, 3)
 EXERCISE = ("part1-wide", "part1-narrow", "part2-narrow", "part2-medium", "part2-wide",
             "activation", "part3")
 
+# The most a spec (or the command line) may ask for: generous for MNIST networks, and
+# bounded: no single number may make setting up a sweep grow without limit.
+MAX_HIDDEN_LAYERS = 64  # < 100: a layer's weight seed, trial seed * 100 + layer, is its own.
+MAX_UNITS = 8192  # Per hidden layer.
+MAX_TRIALS = 100_000
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_PACK = 256  # Trials trained together; each first builds a model of its own.
+# A trial trains under seed * 1000 + trial number (`search.tuner.trial_seed`), which
+# NumPy needs below 2**32: 4,000,000 * 1000 + 99,999 is, with room to spare.
+MAX_SEED = 4_000_000
+MAX_SPEC_BYTES = 1024 * 1024  # A spec is a few lines of YAML.
+
 
 @dataclass(frozen=True)
 class Choice:

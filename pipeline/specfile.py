@@ -1,7 +1,8 @@
 """Spec files: one YAML file per search, read and validated into a `Spec`.
 
 Bad input stops here with one `SpecError` that names the file, the field and what
-is allowed. Each `_read_*` helper reads one field and raises naming it.
+is allowed. Each field is read by a helper of `specfields`, which raises naming it;
+upper bounds (`spec.MAX_*`) keep a spec from asking for more than can be set up.
 """
 
 from __future__ import annotations
@@ -12,9 +13,18 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import SpecError
+from pipeline.space import count_params
 from pipeline.spec import (
     ACTIVATIONS,
     ALGORITHMS,
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_HIDDEN_LAYERS,
+    MAX_PACK,
+    MAX_SEED,
+    MAX_SPEC_BYTES,
+    MAX_TRIALS,
+    MAX_UNITS,
     OBJECTIVES,
     PARTS,
     Choice,
@@ -26,7 +36,19 @@ from pipeline.spec import (
     Training,
     TunerSettings,
 )
+from pipeline.specfields import (
+    batch_choice,
+    boolean,
+    hyper,
+    int_range,
+    integer,
+    mapping,
+    number,
+    real,
+    string,
+)
 
+TRAINING_IMAGES = 60_000  # MNIST's; `validation_split` takes the last N of them.
 # Where spec names are looked up: the working directory first, then the repo.
 SPEC_DIRS = (Path("sweeps"), Path(__file__).resolve().parents[1] / "sweeps")
 
@@ -80,7 +102,12 @@ def load(name_or_path):
 def _read(path):
     """The YAML document in `path`, as Python data (one line naming the problem)."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_SPEC_BYTES + 1)
+        if len(data) > MAX_SPEC_BYTES:
+            raise SpecError(f"larger than {MAX_SPEC_BYTES:,} bytes; a spec is a few lines "
+                            "of YAML")
+        text = data.decode("utf-8")
     except OSError as e:
         raise SpecError(f"cannot be read ({e.strerror or e.__class__.__name__})") from None
     except UnicodeDecodeError as e:
@@ -99,9 +126,9 @@ def _read(path):
 
 
 def _parse(raw, path):
-    top = _mapping(raw, "spec", {"name", "description", "part", "search_space",
-                                 "constraints", "training", "tuner"}, required=True)
-    name = _string(top, "name", required=True)
+    top = mapping(raw, "spec", {"name", "description", "part", "search_space",
+                                "constraints", "training", "tuner"}, required=True)
+    name = string(top, "name", required=True)
     if name != path.stem:
         raise SpecError(f"name: {name!r} must match the file name {path.stem!r}")
     part = top.get("part")
@@ -109,7 +136,7 @@ def _parse(raw, path):
         raise SpecError(f"part: {part!r} is not one of 1, 2, 3 or null")
     tuner = _parse_tuner(top.get("tuner"))
     space = _parse_space(top.get("search_space"), tuner.algorithm)
-    spec = Spec(name=name, description=_string(top, "description", required=True).strip(),
+    spec = Spec(name=name, description=string(top, "description", required=True).strip(),
                 part=part, search_space=space,
                 constraints=_parse_constraints(top.get("constraints")),
                 training=_parse_training(top.get("training")), tuner=tuner, path=str(path))
@@ -118,17 +145,18 @@ def _parse(raw, path):
 
 
 def _parse_space(raw, algorithm):
-    raw = _mapping(raw, "search_space",
-                   {"hidden_layers", "units", "shared_units", "activation",
-                    "learning_rate", "momentum", "batch_size"}, required=True)
+    raw = mapping(raw, "search_space",
+                  {"hidden_layers", "units", "shared_units", "activation",
+                   "learning_rate", "momentum", "batch_size"}, required=True)
     space = SearchSpace(
-        hidden_layers=_int_range(raw, "search_space.hidden_layers", "hidden_layers"),
-        units=_int_range(raw, "search_space.units", "units"),
-        shared_units=_bool(raw, "shared_units", "search_space.shared_units", False),
+        hidden_layers=int_range(raw, "search_space.hidden_layers", "hidden_layers",
+                                MAX_HIDDEN_LAYERS),
+        units=int_range(raw, "search_space.units", "units", MAX_UNITS),
+        shared_units=boolean(raw, "shared_units", "search_space.shared_units", False),
         activation=_activation(raw.get("activation", "sigmoid")),
-        learning_rate=_hyper(raw, "learning_rate", positive=True),
-        momentum=_hyper(raw, "momentum", upper=1.0),
-        batch_size=_batch_choice(raw.get("batch_size")),
+        learning_rate=hyper(raw, "learning_rate", positive=True),
+        momentum=hyper(raw, "momentum", upper=1.0),
+        batch_size=batch_choice(raw.get("batch_size"), MAX_BATCH_SIZE),
     )
     if algorithm == "grid":
         for key in ("learning_rate", "momentum"):
@@ -139,28 +167,30 @@ def _parse_space(raw, algorithm):
 
 
 def _parse_constraints(raw):
-    raw = _mapping(raw, "constraints",
-                   {f.name for f in Constraints.__dataclass_fields__.values()})
+    raw = mapping(raw, "constraints",
+                  {f.name for f in Constraints.__dataclass_fields__.values()})
     return Constraints(**{
-        k: _int(raw, k, f"constraints.{k}", minimum=0, optional=k.startswith("max_"))
+        k: integer(raw, k, f"constraints.{k}", minimum=0, optional=k.startswith("max_"))
         for k in raw})
 
 
 def _parse_training(raw):
-    raw = _mapping(raw, "training",
-                   {"epochs", "batch_size", "learning_rate", "momentum", "validation_split"})
+    raw = mapping(raw, "training",
+                  {"epochs", "batch_size", "learning_rate", "momentum", "validation_split"})
     return Training(
-        epochs=_int(raw, "epochs", "training.epochs", minimum=1, default=10),
-        batch_size=_int(raw, "batch_size", "training.batch_size", minimum=1, default=32),
-        learning_rate=_float(raw, "learning_rate", "training.learning_rate", 0.01,
-                             positive=True),
-        momentum=_float(raw, "momentum", "training.momentum", 0.0, upper=1.0),
+        epochs=integer(raw, "epochs", "training.epochs", minimum=1, maximum=MAX_EPOCHS,
+                       default=10),
+        batch_size=integer(raw, "batch_size", "training.batch_size", minimum=1,
+                           maximum=MAX_BATCH_SIZE, default=32),
+        learning_rate=real(raw, "learning_rate", "training.learning_rate", 0.01,
+                           positive=True),
+        momentum=real(raw, "momentum", "training.momentum", 0.0, upper=1.0),
         validation_split=_validation_split(raw.get("validation_split", 10_000)),
     )
 
 
 def _parse_tuner(raw):
-    raw = _mapping(raw, "tuner", {f.name for f in TunerSettings.__dataclass_fields__.values()})
+    raw = mapping(raw, "tuner", {f.name for f in TunerSettings.__dataclass_fields__.values()})
     algorithm = raw.get("algorithm", "random")
     if algorithm not in ALGORITHMS:
         raise SpecError(f"tuner.algorithm: {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
@@ -170,160 +200,60 @@ def _parse_tuner(raw):
     return TunerSettings(
         algorithm=algorithm,
         objective=objective,
-        max_trials=_int(raw, "max_trials", "tuner.max_trials", minimum=1, default=10),
-        seed=_int(raw, "seed", "tuner.seed", minimum=1, default=1),
-        max_consecutive_failed_trials=_int(raw, "max_consecutive_failed_trials",
-                                           "tuner.max_consecutive_failed_trials",
-                                           minimum=1, default=3),
-        hyperband_factor=_int(raw, "hyperband_factor", "tuner.hyperband_factor",
-                              minimum=2, default=3),
-        num_initial_points=_int(raw, "num_initial_points", "tuner.num_initial_points",
-                                minimum=1, optional=True),
-        pack=_int(raw, "pack", "tuner.pack", minimum=1, optional=True),
+        max_trials=integer(raw, "max_trials", "tuner.max_trials", minimum=1,
+                           maximum=MAX_TRIALS, default=10),
+        seed=integer(raw, "seed", "tuner.seed", minimum=1, maximum=MAX_SEED, default=1),
+        max_consecutive_failed_trials=integer(raw, "max_consecutive_failed_trials",
+                                              "tuner.max_consecutive_failed_trials",
+                                              minimum=1, default=3),
+        hyperband_factor=integer(raw, "hyperband_factor", "tuner.hyperband_factor",
+                                 minimum=2, default=3),
+        num_initial_points=integer(raw, "num_initial_points", "tuner.num_initial_points",
+                                   minimum=1, optional=True),
+        pack=integer(raw, "pack", "tuner.pack", minimum=1, maximum=MAX_PACK, optional=True),
     )
 
 
 def _check_ranges(spec):
     """Checks that the search space and the constraints can meet at all."""
     s, c = spec.search_space, spec.constraints
-    lo = max(s.hidden_layers.min, c.min_hidden_layers)
-    hi = min(s.hidden_layers.max, c.max_hidden_layers or math.inf)
-    if lo > hi:
+    fewest = max(s.hidden_layers.min, c.min_hidden_layers)
+    most = min(s.hidden_layers.max, c.max_hidden_layers or math.inf)
+    if fewest > most:
         raise SpecError(
             f"search_space.hidden_layers: {s.hidden_layers.min}..{s.hidden_layers.max} "
             f"never meets constraints {c.min_hidden_layers}..{c.max_hidden_layers}")
-    lo = max(s.units.min, c.min_units)
-    hi = min(s.units.max, c.max_units or math.inf)
-    if lo > hi:
+    widest = min(s.units.max, c.max_units or math.inf)
+    if max(s.units.min, c.min_units) > widest:
         raise SpecError(f"search_space.units: {s.units.min}..{s.units.max} never meets "
                         f"constraints {c.min_units}..{c.max_units}")
     if c.max_trainable_params is not None and c.max_trainable_params < c.min_trainable_params:
         raise SpecError("constraints.max_trainable_params: must be >= min_trainable_params")
 
 
-def _mapping(value, where, allowed, required=False):
-    if value is None and not required:
-        return {}
-    if not isinstance(value, dict):
-        got = "nothing" if value is None else type(value).__name__
-        raise SpecError(f"{where}: expected a mapping, got {got}")
-    for key in value:
-        if not isinstance(key, str):
-            raise SpecError(f"{where}: field names must be strings, got {key!r}")
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise SpecError(f"{where}: unknown field {unknown[0]!r}; allowed: "
-                        f"{', '.join(sorted(allowed))}")
-    return value
+def check_reachable(spec):
+    """Refuses a `min_trainable_params` above the largest network of the search space.
+
+    Arithmetic, at once: call it before `space.build`, whose search for a feasible
+    configuration would find the same only after trying every depth and width.
+
+    Raises:
+        SpecError: naming the file, the field and the most it can be.
+    """
+    s, c = spec.search_space, spec.constraints
+    layers = _top(max(s.hidden_layers.min, c.min_hidden_layers),
+                  min(s.hidden_layers.max, c.max_hidden_layers or math.inf), s.hidden_layers.step)
+    units = _top(s.units.min, min(s.units.max, c.max_units or math.inf), s.units.step)
+    largest = count_params([units] * layers).total
+    if c.min_trainable_params > largest:
+        raise SpecError(f"{spec.path or spec.name}: constraints.min_trainable_params: expected "
+                        f"at most {largest:,} (the largest network here: {layers} hidden "
+                        f"layers of {units} units), got {c.min_trainable_params:,}")
 
 
-def _string(raw, key, required=False):
-    value = raw.get(key)
-    if value is None and required:
-        raise SpecError(f"{key}: required")
-    if not isinstance(value, str) or not value.strip():
-        raise SpecError(f"{key}: expected a non-empty string")
-    return value
-
-
-def _bool(raw, key, where, default):
-    value = raw.get(key, default)
-    if not isinstance(value, bool):
-        raise SpecError(f"{where}: expected true or false, got {value!r}")
-    return value
-
-
-def _number(value, where, integer=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        kind = "an integer" if integer else "a number"
-        raise SpecError(f"{where}: expected {kind}, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise SpecError(f"{where}: expected a finite number, got {value}")
-    if integer and value != int(value):
-        raise SpecError(f"{where}: expected an integer, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _int(raw, key, where, minimum=None, default=None, optional=False):
-    value = raw.get(key, default)
-    if value is None and optional:
-        return None
-    value = _number(value, where, integer=True)
-    if minimum is not None and value < minimum:
-        raise SpecError(f"{where}: must be >= {minimum}, got {value}")
-    return value
-
-
-def _float(raw, key, where, default, positive=False, upper=None):
-    value = _number(raw.get(key, default), where)
-    _check_bounds(value, where, positive, upper)
-    return value
-
-
-def _check_bounds(value, where, positive=False, upper=None):
-    if positive and value <= 0:
-        raise SpecError(f"{where}: must be > 0, got {value}")
-    if value < 0:
-        raise SpecError(f"{where}: must be >= 0, got {value}")
-    if upper is not None and value >= upper:
-        raise SpecError(f"{where}: must be < {upper}, got {value}")
-
-
-def _int_range(raw, where, key):
-    if key not in raw:
-        raise SpecError(f"{where}: required (a number or {{min, max}})")
-    value = raw[key]
-    if not isinstance(value, dict):
-        n = _number(value, where, integer=True)
-        value = {"min": n, "max": n}
-    _mapping(value, where, {"min", "max", "step"})
-    lo = _number(value.get("min"), f"{where}.min", integer=True)
-    hi = _number(value.get("max"), f"{where}.max", integer=True)
-    step = _number(value.get("step", 1), f"{where}.step", integer=True)
-    if lo < 1 or hi < lo or step < 1:
-        raise SpecError(f"{where}: need 1 <= min <= max and step >= 1, got {lo}..{hi} "
-                        f"step {step}")
-    return Range(min=lo, max=hi, step=step)
-
-
-def _hyper(raw, key, positive=False, upper=None):
-    """A fixed number, a list of choices, or {min, max, sampling}; absent: None."""
-    where = f"search_space.{key}"
-    value = raw.get(key)
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        _mapping(value, where, {"min", "max", "sampling"})
-        lo = _number(value.get("min"), f"{where}.min")
-        hi = _number(value.get("max"), f"{where}.max")
-        sampling = value.get("sampling", "linear")
-        if sampling not in ("linear", "log"):
-            raise SpecError(f"{where}.sampling: {sampling!r} is not one of linear, log")
-        for bound in (lo, hi):
-            _check_bounds(bound, where, positive or sampling == "log", upper)
-        if hi <= lo:
-            raise SpecError(f"{where}: need min < max, got {lo}..{hi}")
-        return Range(min=lo, max=hi, sampling=sampling)
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise SpecError(f"{where}: expected a number, a list or {{min, max}}")
-    values = tuple(_number(v, where) for v in values)
-    for v in values:
-        _check_bounds(v, where, positive, upper)
-    return Choice(values)
-
-
-def _batch_choice(value):
-    where = "search_space.batch_size"
-    if value is None:
-        return None
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise SpecError(f"{where}: expected an integer or a list of integers")
-    values = tuple(_number(v, where, integer=True) for v in values)
-    if any(v < 1 for v in values):
-        raise SpecError(f"{where}: batch sizes must be >= 1, got {list(values)}")
-    return Choice(values)
+def _top(start, high, step):
+    """The largest of start, start + step, ... that is at most `high` (as Keras Tuner's)."""
+    return start + (int(high) - start) // step * step
 
 
 def _activation(value):
@@ -340,10 +270,10 @@ def _activation(value):
 def _validation_split(value):
     """Images held out from the end of the 60,000 (a float in (0, 1): a fraction)."""
     where = "training.validation_split"
-    number = _number(value, where)
+    count = number(value, where)
     if isinstance(value, float) and 0 < value < 1:
-        return int(round(value * 60_000))
-    if number != int(number) or not 1 <= number < 60_000:
-        raise SpecError(f"{where}: expected an image count in 1..59999 or a fraction in "
-                        f"(0, 1), got {value!r}")
-    return int(number)
+        count = round(value * TRAINING_IMAGES)  # A fraction: 1e-9 or 0.99999 rounds out.
+    if count != int(count) or not 1 <= count < TRAINING_IMAGES:
+        raise SpecError(f"{where}: expected an image count in 1..{TRAINING_IMAGES - 1} or a "
+                        f"fraction in (0, 1) that leaves both sets an image, got {value!r}")
+    return int(count)

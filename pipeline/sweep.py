@@ -20,8 +20,7 @@ import grpc
 import mlflow
 
 from pipeline import space as space_module
-from pipeline.errors import (DiskFull, Interrupted, OracleLost, PipelineError, SweepBusy,
-                             disk_full)
+from pipeline.errors import DiskFull, Interrupted, OracleLost, PipelineError, SweepBusy, disk_full
 from pipeline.model import CompileOptions
 from pipeline.progress import Progress
 from pipeline.search import distributed, packing, state_files

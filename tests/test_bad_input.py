@@ -1,7 +1,8 @@
 """Every bad input ends in one line on stderr, its exit status, and nothing written.
 
-One table: each case breaks one thing (a spec field, the spec file itself, the
-`--data` file, `--experiment`, `MLFLOW_TRACKING_URI`) and runs the real command line,
+One table: each case breaks one thing (a spec field, the spec file itself, an option
+or argument, the `--data` file, `--experiment`, `MLFLOW_TRACKING_URI`) and runs the
+real command line,
 `python -m pipeline sweep ...`, in a process of its own. Bad input is refused before
 TensorFlow or MLflow is imported, so a case takes well under a second.
 """
@@ -55,6 +56,11 @@ def data_file(make):
 
 def option(*args):
     return lambda tmp: (["sweep", "part2-narrow", *args], {})
+
+
+def command(*args):
+    """The command line as given (then `--directory`, like every case)."""
+    return lambda tmp: (list(args), {})
 
 
 def tracking_uri(uri, *args):
@@ -191,6 +197,74 @@ CASES = [
     case("spec-scalar", spec_file("part2-narrow\n"),
          SPEC_AT + "spec: expected a mapping, got str"),
     case("spec-empty", spec_file(""), SPEC_AT + "spec: expected a mapping, got nothing"),
+    # Caps (spec.MAX_*): what a spec may ask for, refused before the space is built.
+    case("spec-layers-max-huge", spec_edit("{min: 10, max: 12}", "{min: 10, max: 1000000000}"),
+         SPEC_AT + "search_space.hidden_layers.max: expected at most 64, got 1000000000"),
+    case("spec-layers-number-huge",
+         spec_edit("hidden_layers: {min: 10, max: 12}", "hidden_layers: 65"),
+         SPEC_AT + "search_space.hidden_layers: expected at most 64, got 65"),
+    case("spec-units-max-huge", spec_edit("{min: 1, max: 9}", "{min: 1, max: 10000000}"),
+         SPEC_AT + "search_space.units.max: expected at most 8192, got 10000000"),
+    case("spec-max-trials-huge", spec_edit("max_trials: 5", "max_trials: 100001"),
+         SPEC_AT + "tuner.max_trials: expected at most 100000, got 100001"),
+    case("spec-epochs-huge", spec_edit("epochs: 10", "epochs: 10001"),
+         SPEC_AT + "training.epochs: expected at most 10000, got 10001"),
+    case("spec-batch-size-huge", spec_edit("batch_size: 32", "batch_size: 65537"),
+         SPEC_AT + "training.batch_size: expected at most 65536, got 65537"),
+    case("spec-searched-batch-size-huge",
+         spec_edit("activation: sigmoid", "activation: sigmoid\n  batch_size: [32, 1000000]"),
+         SPEC_AT + "search_space.batch_size: expected at most 65536, got 1000000"),
+    case("spec-pack-huge", spec_edit("seed: 21", "seed: 21\n  pack: 257"),
+         SPEC_AT + "tuner.pack: expected at most 256, got 257"),
+    case("spec-validation-split-fraction-all",
+         spec_edit("validation_split: 10000", "validation_split: 0.9999999"),
+         SPEC_AT + "training.validation_split: expected an image count in 1..59999"),
+    case("spec-validation-split-fraction-none",
+         spec_edit("validation_split: 10000", "validation_split: 0.000001"),
+         SPEC_AT + "training.validation_split: expected an image count in 1..59999"),
+    case("spec-validation-split-all-images",
+         spec_edit("validation_split: 10000", "validation_split: 60000"),
+         SPEC_AT + "training.validation_split: expected an image count in 1..59999"),
+    case("spec-min-params-unreachable",
+         spec_edit("min_units: 1", "min_units: 1\n  min_trainable_params: 1000000000000000"),
+         SPEC_AT + "constraints.min_trainable_params: expected at most 8,155 (the largest "
+         "network here: 12 hidden layers of 9 units), got 1,000,000,000,000,000"),
+    case("spec-over-a-mebibyte", spec_file(SPEC + "# " + "x" * 2**20 + "\n"),
+         SPEC_AT + "larger than 1,048,576 bytes"),
+    # Seeds: a trial trains under seed * 1000 + trial number, which must stay < 2**32.
+    case("spec-seed-huge", spec_edit("seed: 21", "seed: 4294968"),
+         SPEC_AT + "tuner.seed: expected at most 4000000, got 4294968"),
+    case("spec-seed-negative", spec_edit("seed: 21", "seed: -1"),
+         SPEC_AT + "tuner.seed: must be >= 1, got -1"),
+    case("option-seed-huge", option("--seed", "4294968"),
+         "Error: Invalid value for '--seed': 4294968 is not in the range 0<=x<=4000000."),
+    case("option-seed-negative", option("--seed", "-1"),
+         "Error: Invalid value for '--seed': -1 is not in the range 0<=x<=4000000."),
+    # Click's own usage errors: the one line, without the usage and "Try --help" lines.
+    case("option-max-trials-negative", option("--max-trials", "-1"),
+         "Error: Invalid value for '--max-trials': -1 is not in the range 0<=x<=100000."),
+    case("option-max-trials-huge", option("--max-trials", "100001"),
+         "Error: Invalid value for '--max-trials': 100001 is not in the range"),
+    case("option-epochs-not-a-number", option("--epochs", "ten"),
+         "Error: Invalid value for '--epochs': 'ten' is not a valid integer"),
+    case("option-epochs-huge", option("--epochs", "10001"),
+         "Error: Invalid value for '--epochs': 10001 is not in the range 0<=x<=10000."),
+    case("option-unknown", option("--colour"), "Error: No such option '--colour'."),
+    case("option-unknown-before-command", command("--colour", "sweep", "part2-narrow"),
+         "Error: No such option '--colour'."),
+    case("command-unknown", command("sweeep", "part2-narrow"),
+         "Error: No such command 'sweeep'."),
+    case("spec-argument-missing", command("sweep"), "Error: Missing argument 'SPEC'."),
+    case("option-pack-huge", option("--pack", "100000"),
+         "Error: Invalid value for '--pack': 100000 is not in the range 0<=x<=256."),
+    case("option-workers-huge", option("--workers", "100000"),
+         "Error: Invalid value for '--workers': 100000 is not in the range 0<=x<=64."),
+    case("option-threads-huge", option("--threads", "1000000000"),
+         "Error: Invalid value for '--threads': 1000000000 is not in the range 0<=x<=1024."),
+    case("option-worker-timeout-nan", option("--worker-timeout", "nan"),
+         "Error: Invalid value for '--worker-timeout': 'nan' is not a number of seconds"),
+    case("option-role-with-workers", option("--workers", "2", "--role", "chief"),
+         "Error: --workers starts its own chief and workers: drop --role"),
     # --data
     case("data-npy", data_file(npy), "'--data'", "is a single .npy array, not a .npz"),
     case("data-truncated-npz", data_file(truncated), "'--data'", "could not be read as .npz"),

@@ -8,6 +8,8 @@ def test_help_everywhere(runner):
         result = runner.invoke(cli, [*args, "--help"])
         assert result.exit_code == 0
         assert "Usage:" in result.output
+    bare = runner.invoke(cli, [])  # No command: the help, as click shows it.
+    assert bare.exit_code == 2 and "Usage:" in bare.output and "Commands:" in bare.output
     sweep_help = runner.invoke(cli, ["sweep", "--help"]).output
     for option in ("--max-trials", "--epochs", "--data", "--train-limit", "--seed",
                    "--experiment", "--directory", "--overwrite"):
@@ -30,7 +32,9 @@ def test_list_shows_every_spec_with_its_constraints(runner):
 @pytest.mark.parametrize("args, message", [
     (["sweep", "part9"], "Invalid value for SPEC: unknown spec 'part9'"),
     (["sweep", "part1-narrow", "--max-trials", "-1"],
-     "Invalid value for '--max-trials': -1 is not in the range x>=0"),
+     "Invalid value for '--max-trials': -1 is not in the range 0<=x<=100000."),
+    (["sweep", "part1-narrow", "--seed", "4000001"],
+     "Invalid value for '--seed': 4000001 is not in the range 0<=x<=4000000."),
     (["sweep", "part1-narrow", "--epochs", "ten"],
      "Invalid value for '--epochs': 'ten' is not a valid integer"),
     (["sweep", "part1-narrow", "--data", "missing.npz"],
@@ -38,12 +42,15 @@ def test_list_shows_every_spec_with_its_constraints(runner):
     (["sweep", "part1-narrow", "--colour"], "No such option '--colour'"),
     (["sweep"], "Missing argument 'SPEC'"),
     (["exercise", "--data", "missing.npz"], "Invalid value for '--data'"),
+    (["--colour", "list"], "No such option '--colour'"),
+    (["sweeep"], "No such command 'sweeep'"),
 ])
 def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(
         runner, workdir, args, message):
     result = runner.invoke(cli, args)
     assert result.exit_code == 2, result.output
-    assert message in result.output
+    assert result.output.startswith("Error: ") and message in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output  # No usage lines.
     assert not (workdir / "mlflow.db").exists()
     assert not (workdir / "kt_sweeps").exists()
 

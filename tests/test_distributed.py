@@ -8,8 +8,8 @@ under the test's control; nothing of Keras Tuner or gRPC is mocked.
 import os
 import socket
 import threading
-import types
 import time
+import types
 from concurrent import futures
 
 import grpc
@@ -554,7 +554,7 @@ def self_signed(directory, host="127.0.0.1"):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=1))

@@ -16,14 +16,14 @@ MAX_FUNCTION_LINES = 60
 LAYERS = [
     {"errors", "tracking.names"},
     {"spec", "data", "device", "progress"},
-    {"specfile", "space"},
+    {"specfields", "specfile", "space"},
     {"model", "gradients", "plots", "tracking.server", "packed", "search.auth"},
     {"tracking.runs", "tracking.trial_run"},
     {"search.internals", "search.oracles", "search.distributed", "search.local_cluster",
      "search.state_files", "search.servicer",
      "search.tuner", "search.packing"},
     {"sweep", "report.document", "report.load", "report.answers", "report.render"},
-    {"cli", "__main__"},
+    {"options", "cli", "__main__"},
 ]
 INTERNALS = re.compile(r"keras_tuner\.src|_retry_queue|_max_collisions|_random_values|"
                        r"_duplicate|_check_consecutive_failures|_get_next_combination|"

@@ -1,9 +1,12 @@
+import numpy as np
 import pytest
 import yaml
 
 from pipeline import specfile as spec_module
 from pipeline.errors import SpecError
-from pipeline.spec import Choice, Range
+from pipeline.model import kernel_initializer
+from pipeline.search.tuner import trial_seed
+from pipeline.spec import MAX_HIDDEN_LAYERS, MAX_SEED, MAX_TRIALS, Choice, Range
 
 SHIPPED = ["part1-wide", "part1-narrow", "part2-narrow", "part2-medium", "part2-wide",
            "part3", "activation"]
@@ -94,6 +97,19 @@ def test_value_forms(tmp_path):
      "constraints.max_trainable_params: must be >= min_trainable_params"),
     ({"part": 4}, "part: 4 is not one of 1, 2, 3 or null"),
     ({"description": None}, "description: required"),
+    ({"search_space": {"hidden_layers": {"min": 10, "max": 10**9}, "units": 8}},
+     "search_space.hidden_layers.max: expected at most 64, got 1000000000"),
+    ({"search_space": {"hidden_layers": 2, "units": 8193}},
+     "search_space.units: expected at most 8192, got 8193"),
+    ({"search_space": {"hidden_layers": 2, "units": {"min": 8, "max": 10**6, "step": 8}}},
+     "search_space.units.max: expected at most 8192, got 1000000"),
+    ({"tuner": {"max_trials": 10**6}}, "tuner.max_trials: expected at most 100000"),
+    ({"tuner": {"seed": 4_000_001}}, "tuner.seed: expected at most 4000000, got 4000001"),
+    ({"tuner": {"seed": 0}}, "tuner.seed: must be >= 1, got 0"),
+    ({"tuner": {"pack": 1000}}, "tuner.pack: expected at most 256, got 1000"),
+    ({"training": {"epochs": 10**5}}, "training.epochs: expected at most 10000"),
+    ({"training": {"batch_size": 2**17}}, "training.batch_size: expected at most 65536"),
+    ({"training": {"validation_split": 0.99999999}}, "training.validation_split: expected"),
     ({"tuner": {"algorithm": "grid"},
       "search_space": {"hidden_layers": 1, "units": 8,
                        "learning_rate": {"min": 0.01, "max": 0.1}}},
@@ -135,3 +151,32 @@ def test_overrides_and_fingerprint():
     assert spec.with_overrides(epochs=12).fingerprint("data") != spec.fingerprint("data")
     assert spec.with_overrides(seed=5).fingerprint("data") != spec.fingerprint("data")
     assert spec.fingerprint("other data") != spec.fingerprint("data")
+
+
+def test_min_trainable_params_above_any_network_is_refused_at_once(tmp_path):
+    spec = spec_module.load(write(tmp_path, {
+        "search_space": {"hidden_layers": {"min": 1, "max": 64, "step": 3},
+                         "units": {"min": 1, "max": 8192, "step": 10}},
+        "constraints": {"min_trainable_params": 10**15, "max_units": 1000}}))
+    with pytest.raises(SpecError, match=r"custom.yaml: constraints.min_trainable_params: "
+                       r"expected at most 62,721,391 \(the largest network here: 64 hidden "
+                       r"layers of 991 units\), got 1,000,000,000,000,000"):
+        spec_module.check_reachable(spec)
+    spec_module.check_reachable(spec_module.load("part1-wide"))  # 300,000 of 814,090.
+
+
+def test_caps_are_allowed_and_keep_every_trial_seed_valid(tmp_path):
+    spec = spec_module.load(write(tmp_path, {
+        "search_space": {"hidden_layers": {"min": 1, "max": MAX_HIDDEN_LAYERS},
+                         "units": {"min": 1, "max": 8192}, "batch_size": [1, 65536]},
+        "training": {"epochs": 10_000, "batch_size": 65_536, "validation_split": 0.5},
+        "tuner": {"max_trials": MAX_TRIALS, "seed": MAX_SEED, "pack": 256}}))
+    assert spec.training.validation_split == 30_000
+    # Keras Tuner numbers trials 0..max_trials - 1; NumPy takes seeds below 2**32.
+    last = trial_seed(spec.tuner.seed, f"{MAX_TRIALS - 1:06d}")
+    assert last == 4_000_099_999 < 2**32
+    np.random.seed(last)
+    # Each layer's weight seed is its own, across the trials of a sweep too.
+    seeds = {kernel_initializer(trial_seed(MAX_SEED, t), layer).seed
+             for t in range(3) for layer in range(MAX_HIDDEN_LAYERS + 1)}
+    assert len(seeds) == 3 * (MAX_HIDDEN_LAYERS + 1)
