@@ -10,6 +10,7 @@ usage errors (an unknown option, a bad number) are cut to that one line too.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
 import click
@@ -81,6 +82,9 @@ class SweepCli(click.Group):
         except Interrupted:
             click.echo("stopped by SIGTERM; run the same command again to resume", err=True)
             raise SystemExit(Interrupted.exit_code) from None
+        except KeyboardInterrupt:  # The runs were closed KILLED on the way out.
+            click.echo("stopped by Ctrl-C; run the same command again to resume", err=True)
+            raise SystemExit(128 + signal.SIGINT) from None
 
 
 @click.group(cls=SweepCli)

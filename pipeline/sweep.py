@@ -245,12 +245,22 @@ def run_exercise(specs, load_dataset, settings=Settings(), launcher_run_id=None)
 
 @contextlib.contextmanager
 def _sigterm_raises():
-    def handler(signum, frame):
+    """SIGTERM raises `Interrupted`, Ctrl-C `KeyboardInterrupt`, each once: a second
+    signal must not break off the clean-up (runs closed KILLED) that the first began."""
+    def stop(signum, frame):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         server.stop_retrying()  # The runs' last writes must not outlast the grace period.
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise Interrupted("SIGTERM: stopped by the scheduler")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    handled = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Not ignored.
+        handled.append(signal.SIGINT)
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -130,13 +130,15 @@ def test_a_chief_restarted_under_a_live_worker_loses_nothing_and_logs_nothing_tw
     assert f"{victim.data.tags[names.TRIAL_ID]} on w1" in again.text
 
 
-def test_ctrl_c_with_workers_stops_every_process_once_with_every_run_killed(
-        tracking_server, client, workdir, mnist_path):
-    sweep = SweepProcess(sweep_args(mnist_path, 6, "--workers", "2", "--train-limit", "50000",
-                                    epochs=10), workdir)
-    wait_for(lambda: len(mid_trials(client)) >= 2, 300, "both workers mid-trial")
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "workers"])
+def test_ctrl_c_stops_every_process_once_with_every_run_killed(
+        tracking_server, client, workdir, mnist_path, workers):
+    sweep = SweepProcess(sweep_args(mnist_path, 6, "--workers", str(workers), "--train-limit",
+                                    "50000", epochs=10), workdir)
+    wait_for(lambda: len(mid_trials(client)) >= max(1, workers), 300, "every worker mid-trial")
     started = time.monotonic()
     sweep.signal_group(signal.SIGINT)  # A terminal's Ctrl-C: the whole process group.
+    time.sleep(0.2)
     sweep.signal_group(signal.SIGINT)  # Pressed twice, impatiently.
     assert sweep.wait(timeout=60) == 128 + signal.SIGINT, sweep.text
     assert time.monotonic() - started < 30
@@ -144,5 +146,4 @@ def test_ctrl_c_with_workers_stops_every_process_once_with_every_run_killed(
     assert sweep.text.count("stopped by Ctrl-C") == 1
     assert not [r for r in runs(client) if r.info.status == "RUNNING"]
     assert {r.info.status for r in runs(client, "parent")} == {"KILLED"}
-    killed = [r for r in runs(client) if r.info.status == "KILLED"]
-    assert len(killed) >= 2
+    assert len([r for r in runs(client) if r.info.status == "KILLED"]) >= max(1, workers)
