@@ -110,10 +110,12 @@ def _run_worker(spec, space, dataset, project, settings):
     progress = Progress(f"{spec.name}/{distributed.tuner_id()}", spec.tuner.max_trials)
     # Workers keep their own Keras Tuner files; the oracle lives on the chief.
     directory = Path(settings.directory) / "workers" / distributed.tuner_id()
+    pack = packing.choose_pack(spec, space, settings.pack)
     tuner = SweepTuner(spec, space, experiment=settings.experiment, options=settings.options,
                        progress=progress, verbose=settings.verbose, directory=str(directory),
-                       project_name=project)
-    progress.say(f"worker for {project} on {settings.devices}, oracle at "
+                       project_name=project, pack=pack)
+    progress.say(f"worker for {project} on {settings.devices}"
+                 + (f", up to {pack} trials at once" if pack > 1 else "") + ", oracle at "
                  f"{os.environ[distributed.ENV_IP]}:{os.environ[distributed.ENV_PORT]}")
     if _already_finished(settings.experiment, project):
         progress.say("the sweep already finished and no chief reopened it: nothing to do")

@@ -147,3 +147,16 @@ def test_ctrl_c_stops_every_process_once_with_every_run_killed(
     assert not [r for r in runs(client) if r.info.status == "RUNNING"]
     assert {r.info.status for r in runs(client, "parent")} == {"KILLED"}
     assert len([r for r in runs(client) if r.info.status == "KILLED"]) >= max(1, workers)
+
+
+def test_packed_workers_each_train_a_pack_and_log_every_trial_once(
+        tracking_server, client, workdir, mnist_path):
+    sweep = SweepProcess(sweep_args(mnist_path, 6, "--workers", "2", "--pack", "3",
+                                    spec="part2-narrow", epochs=3), workdir)
+    assert sweep.wait() == 0, sweep.text
+    _, finished = check_complete(client, 6, epochs=3)
+    assert len(runs(client)) == 6
+    sizes = [int(r.data.tags[names.PACK_SIZE]) for r in finished]
+    assert max(sizes) > 1 and max(sizes) <= 3  # Trained in packs, not one at a time.
+    assert "up to 3 trials at once" in sweep.text
+    assert {r.data.tags[names.WORKER] for r in finished} == {"worker0", "worker1"}

@@ -122,10 +122,13 @@ def restore_leases(oracle, running):
     queue = internals.retry_queue(oracle)
     restored = []
     for worker, trial_id in running:
-        if trial_id in queue and worker not in oracle.ongoing_trials:
+        if trial_id in queue:
             queue.remove(trial_id)
-            oracle.ongoing_trials[worker] = oracle.trials[trial_id]
-            oracle.tuner_ids.add(worker)
+            # A packed worker ran several trials at once, under sub ids.
+            key = next(k for k in (worker, *(f"{worker}/{i}" for i in range(len(running))))
+                       if k not in oracle.ongoing_trials)
+            oracle.ongoing_trials[key] = oracle.trials[trial_id]
+            oracle.tuner_ids.add(key)
             restored.append((worker, trial_id))
     return restored
 

@@ -24,7 +24,7 @@ from pipeline import packed
 from pipeline.device import device_arrays
 from pipeline.gradients import PROBE_SIZE
 from pipeline.model import EVAL_BATCH_SIZE
-from pipeline.search import internals
+from pipeline.search import distributed, internals
 from pipeline.tracking import names, runs, trial_run
 
 # On the CPU a step's fixed cost dominates only for narrow networks: with wider
@@ -65,6 +65,7 @@ def choose_pack(spec, space, requested=0):
 def search(tuner, dataset, pack):
     """Keras Tuner's search loop, K trials at a time (`BaseTuner.search`'s contract)."""
     tuner.on_search_begin()
+    worker = distributed.role() == "worker"
     while True:
         trials, stopped = _create_trials(tuner, pack)
         for key, group in _groups(tuner, trials):
@@ -72,7 +73,8 @@ def search(tuner, dataset, pack):
                 _run_alone(tuner, group[0][0], dataset)
             else:
                 run_pack(tuner, group, dataset)
-        if stopped or not trials:
+        # A worker told to wait (IDLE) asks again: the chief says when to stop.
+        if stopped or (not trials and not worker):
             break
     tuner.on_search_end()
 
@@ -211,8 +213,17 @@ def _finish(tuner, network, index, member, arrays, timing, start, test_metrics):
     member.run.finish(model, (arrays["x_test"], arrays["y_test"]),
                       f"{tuner.spec.name} trial {trial.trial_id}: {config.describe()}",
                       {**timing, names.TRIAL_SECONDS: time.perf_counter() - start},
-                      EVAL_BATCH_SIZE, test_metrics)
+                      EVAL_BATCH_SIZE, test_metrics, confirm=tuner._lease(trial.trial_id))
     tuner._logging.append((trial.trial_id, member.run))
+    if distributed.role() == "worker":  # Reported only once its run is whole.
+        tuner.wait_for_logging()
+        if member.run.superseded:
+            tuner._superseded.add(trial.trial_id)
+            return TrialStatus.FAILED
+        if trial.trial_id in tuner.unlogged:  # The oracle hands it out again.
+            tuner.unlogged.remove(trial.trial_id)
+            trial.message = "its run could not be logged whole"
+            return TrialStatus.INVALID
     metrics = {k: member.run.history[k][-1] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
     tuner._outcome[trial.trial_id] = (config, start, metrics)
     return _complete(tuner, trial, metrics)

@@ -56,7 +56,10 @@ class WatchingServicer(internals.OracleServicer):
         if not _only_others_running(self.oracle, request.tuner_id):
             response = super().CreateTrial(request, context)
             stopped = Trial.from_proto(response.trial).status == TrialStatus.STOPPED
-            if not stopped or not _waits_for_others(self.oracle, request.tuner_id):
+            if not stopped:
+                return response
+            if not _waits_for_others(self.oracle, request.tuner_id):
+                _forget(self.oracle, worker)  # It exits, with all of its packed ids.
                 return response
         time.sleep(self.idle_seconds)  # Keras Tuner's worker asks again at once.
         trial = Trial(self.oracle.get_space(), status=TrialStatus.IDLE)
@@ -125,6 +128,14 @@ def _holder(oracle, trial_id):
     """(tuner id, trial) of the running trial `trial_id`; (None, None) if none runs it."""
     return next(((tid, trial) for tid, trial in oracle.ongoing_trials.items()
                  if trial.trial_id == trial_id), (None, None))
+
+
+@synchronized
+def _forget(oracle, worker):
+    """Drops a worker that was told to stop, and the sub ids its packs ran under."""
+    for tuner_id in list(oracle.tuner_ids):
+        if tuner_id == worker or tuner_id.startswith(f"{worker}/"):
+            oracle.tuner_ids.discard(tuner_id)
 
 
 @synchronized
