@@ -249,7 +249,10 @@ def run_exercise(specs, load_dataset, settings=Settings(), launcher_run_id=None)
 def _sigterm_raises():
     """SIGTERM raises `Interrupted`, Ctrl-C `KeyboardInterrupt`, each once: a second
     signal must not break off the clean-up (runs closed KILLED) that the first began."""
+    stopped = []
+
     def stop(signum, frame):
+        stopped.append(signum)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
         server.stop_retrying()  # The runs' last writes must not outlast the grace period.
@@ -264,5 +267,6 @@ def _sigterm_raises():
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not stopped:  # Stopping: stay deaf to signals until the process exits.
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -120,5 +120,6 @@ def run(sweep_args, workers, worker_timeout=distributed.WORKER_TIMEOUT):
             return 128 + signal.SIGINT
         return chief.returncode
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not stopping:  # Stopping: stay deaf to signals until the process exits.
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
