@@ -103,6 +103,11 @@ def check_tracking():
     server.check_reachable()
 
 
+def _span(low, high, spec=""):
+    """`low..high`; a range of one value is that value."""
+    return f"{low:{spec}}" if low == high else f"{low:{spec}}..{high:{spec}}"
+
+
 @cli.command("list")
 def list_specs():
     """List the shipped sweep specs and their constraints."""
@@ -117,14 +122,13 @@ def list_specs():
             click.echo(f"{path.stem}: INVALID: {e}")
             continue
         s, c, t = spec.search_space, spec.constraints, spec.tuner
+        layers = _span(max(s.hidden_layers.min, c.min_hidden_layers),
+                       min(s.hidden_layers.max, c.max_hidden_layers or s.hidden_layers.max))
+        units = _span(max(s.units.min, c.min_units), min(s.units.max, c.max_units or s.units.max))
         click.echo(
             f"{spec.name:<14} part {spec.part or '-'}  {t.algorithm} x{t.max_trials}  "
-            f"layers {max(s.hidden_layers.min, c.min_hidden_layers)}.."
-            f"{min(s.hidden_layers.max, c.max_hidden_layers or s.hidden_layers.max)}  "
-            f"units {max(s.units.min, c.min_units)}.."
-            f"{min(s.units.max, c.max_units or s.units.max)}  "
-            f"activation {'/'.join(s.activation.values)}  "
-            f"params {low:,}..{high:,}  epochs {spec.training.epochs}")
+            f"layers {layers}  units {units}  activation {'/'.join(s.activation.values)}  "
+            f"params {_span(low, high, ',')}  epochs {spec.training.epochs}")
         click.echo(f"{'':<14} {spec.description.splitlines()[0]}")
 
 

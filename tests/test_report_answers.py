@@ -212,14 +212,33 @@ def test_answers_part_two_gradients_and_correlation(store):
 
     corr = answers["correlation"]
     assert corr["n"] == 7  # the counted Part One and Part Two trials, no decoys
-    assert corr["rho"] == pytest.approx(1.0) and corr["p_value"] < answers_module.CLEAR_P
-    assert corr["clear"] is True
+    assert corr["rho"] == pytest.approx(1.0)
+    # Exact: 2 of the 7! pairings are as extreme (rho = +1 or -1), never p = 0...
+    assert corr["exact"] and corr["p_value"] == pytest.approx(2 / 5040)
+    assert corr["clear"] is False  # ...and 7 trials are too few to call it clear.
     few = answer({"part1-narrow": sweeps["part1-narrow"]})["correlation"]
     assert few == {"n": 2, "rho": None, "p_value": None, "clear": False}
 
     acts = answers["activation"]
     assert list(acts) == ["relu", "sigmoid", "tanh"]
     assert acts["tanh"]["run_id"] == store["tanh"]
+
+
+class Trial:
+    def __init__(self, params, accuracy):
+        self.metrics = {names.TRAINABLE_PARAMS: params, names.TEST_ACCURACY: accuracy}
+
+
+def test_a_correlation_is_clear_only_over_enough_trials_and_p_is_never_0():
+    correlation = answers_module._correlation
+    three = correlation([Trial(p, a) for p, a in [(1, 0.1), (2, 0.2), (3, 0.3)]])
+    assert three["rho"] == pytest.approx(1.0)
+    assert three["p_value"] == pytest.approx(2 / 6) and three["clear"] is False
+    many = correlation([Trial(p, p / 100 + (p % 3) / 1000) for p in range(1, 21)])
+    assert many["clear"] is True and not many["exact"]
+    assert 0 < many["p_value"] <= 1 / (answers_module.PERMUTATIONS + 1) * 2
+    flat = correlation([Trial(p, 0.5) for p in range(10)])
+    assert flat["rho"] is None and flat["clear"] is False
 
 
 def test_answers_part_three_and_missing(store):

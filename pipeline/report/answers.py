@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
 from scipy import stats
 
 from pipeline.spec import EXERCISE
@@ -18,8 +19,11 @@ PART_ONE = ("part1-wide", "part1-narrow")
 PART_TWO = ("part2-narrow", "part2-medium", "part2-wide")
 CHANCE = 0.2  # "Did any beat 20% accuracy?"
 TARGET = 0.92  # Part Three: better than 92% on validation and test.
-# A Spearman correlation counts as "clear" when it is both significant and strong.
-CLEAR_P, CLEAR_RHO = 0.05, 0.5
+# A Spearman correlation counts as "clear" when it is significant and strong, over
+# enough trials: with fewer than 8, even a perfect ranking is too likely by chance to
+# mean much about a space of thousands of networks.
+CLEAR_P, CLEAR_RHO, CLEAR_MIN_TRIALS = 0.05, 0.5, 8
+PERMUTATIONS = 9_999  # Below 8 trials (5,040 orderings) the test is exact.
 
 
 def answer(sweeps):
@@ -106,12 +110,21 @@ def _gradient_ratios(sweeps):
 def _correlation(trials):
     points = [(t.metrics[names.TRAINABLE_PARAMS], t.metrics[names.TEST_ACCURACY])
               for t in trials]
-    if len(points) < 3 or len({p for p, _ in points}) < 2:
+    if len(points) < 3 or len({p for p, _ in points}) < 2 or len({a for _, a in points}) < 2:
         return {"n": len(points), "rho": None, "p_value": None, "clear": False}
-    rho, p_value = stats.spearmanr(*zip(*points, strict=True))
-    rho, p_value = float(rho), float(p_value)
-    clear = not math.isnan(rho) and p_value < CLEAR_P and abs(rho) >= CLEAR_RHO
-    return {"n": len(points), "rho": rho, "p_value": p_value, "clear": clear}
+    params, accuracy = (np.array(v, float) for v in zip(*points, strict=True))
+    rho = float(stats.spearmanr(params, accuracy).statistic)
+    # A permutation test: exact when every pairing can be tried, else Monte Carlo
+    # with scipy's (k + 1) / (n + 1), so p is never 0.
+    test = stats.permutation_test(
+        (params,), lambda x: stats.spearmanr(x, accuracy).statistic,
+        permutation_type="pairings", n_resamples=PERMUTATIONS,
+        rng=np.random.default_rng(0))
+    p_value = float(test.pvalue)
+    exact = math.factorial(len(points)) <= PERMUTATIONS
+    clear = (len(points) >= CLEAR_MIN_TRIALS and p_value < CLEAR_P and abs(rho) >= CLEAR_RHO)
+    return {"n": len(points), "rho": rho, "p_value": p_value, "exact": exact,
+            "clear": clear}
 
 
 def _part_three(sweeps):

@@ -10,7 +10,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from pipeline import plots
-from pipeline.report.answers import CLEAR_P, CLEAR_RHO, PART_ONE, PART_TWO, answer
+from pipeline.report.answers import CLEAR_MIN_TRIALS, CLEAR_P, CLEAR_RHO, PART_ONE, PART_TWO, answer
 from pipeline.report.document import Document
 from pipeline.report.load import load_sweeps
 from pipeline.tracking import names
@@ -150,7 +150,7 @@ def _hypothesis(answers):
     if deep:
         evidence.append(
             f"After the first epoch, the first hidden layer's mean gradient is "
-            f"{min(deep):.2g} to {max(deep):.2g} times the output layer's in the best "
+            f"{_span(min(deep), max(deep))} times the output layer's in the best "
             f"Part Two models" + (f", against {max(shallow):.2g} in a Part One model"
                                   if shallow else "") + ".")
     acts = answers["activation"]
@@ -177,19 +177,29 @@ def _activation_evidence(sigmoid, others):
                "support the hypothesis."))
 
 
+def _span(low, high):
+    """A range as text; a range of one value is that value."""
+    return f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g} to {high:.2g}"
+
+
 def _render_correlation(doc, corr):
     if corr["rho"] is None:
         doc.paragraph(f"**Is accuracy correlated with parameter count?** Not enough trials "
                       f"({corr['n']}) to say.")
         return
-    verdict = "a clear" if corr["clear"] else "no clear"
+    if corr["n"] < CLEAR_MIN_TRIALS:
+        verdict = (f"too few trials to call any correlation clear (at least "
+                   f"{CLEAR_MIN_TRIALS} are needed)")
+    else:
+        verdict = ("a clear correlation" if corr["clear"] else "no clear correlation")
+    test = "exact permutation test" if corr.get("exact") else "permutation test"
     doc.paragraph(
         f"**Is accuracy correlated with parameter count?** Over all {corr['n']} Part One "
         f"and Part Two trials, Spearman's rho between trainable parameters and test "
-        f"accuracy is {corr['rho']:.3f} (p = {corr['p_value']:.3g}): {verdict} "
-        f"correlation (clear means p < {CLEAR_P} and |rho| >= {CLEAR_RHO}). Depth and "
-        "activation matter more than size: the Part Two networks are not small, yet "
-        "they stay near chance.")
+        f"accuracy is {corr['rho']:.3f} (p = {corr['p_value']:.2g}, {test}): {verdict} "
+        f"(clear means at least {CLEAR_MIN_TRIALS} trials, p < {CLEAR_P} and "
+        f"|rho| >= {CLEAR_RHO}). Depth and activation matter more than size: the Part Two "
+        "networks are not small, yet they stay near chance.")
 
 
 def _render_part_three(doc, part3):
