@@ -7,6 +7,7 @@ the numbers they take are capped like the spec fields they override (`spec.MAX_*
 from __future__ import annotations
 
 import math
+import os
 
 import click
 
@@ -42,13 +43,34 @@ class Seconds(click.FloatRange):
 
 
 def experiment_name(ctx, param, value):
-    """An MLflow experiment name: 1 to 500 characters, printable, not only spaces."""
+    """An MLflow experiment name: 1 to 500 characters, printable, not only spaces.
+
+    Not given (nor `$MLFLOW_EXPERIMENT_NAME`): the experiment `mlflow run
+    --experiment-name` chose (`$MLFLOW_EXPERIMENT_ID`), unless that is MLflow's
+    Default experiment; else `mnist-sweeps`.
+    """
+    chosen = os.environ.get("MLFLOW_EXPERIMENT_ID", "")
+    source = ctx.get_parameter_source(param.name)
+    if source == click.core.ParameterSource.DEFAULT and chosen not in ("", "0"):
+        value = _experiment_of(chosen)
     if not value.strip() or len(value) > 500 or not value.isprintable():
         error = InputError(f"expected an experiment name of 1 to 500 printable characters, "
                            f"not only spaces, got {value[:40]!r}")
         error.param = "'--experiment'"
         raise error  # `SweepCli` prints it as one line naming '--experiment'.
     return value
+
+
+def _experiment_of(experiment_id):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient().get_experiment(experiment_id).name
+    except MlflowException:
+        error = InputError(f"no experiment {experiment_id!r} in the tracking store")
+        error.param = "MLFLOW_EXPERIMENT_ID"
+        raise error from None
 
 
 def sweep_options(func):

@@ -24,11 +24,13 @@ def mlflow_run(workdir, entry_point, *args):
     return result
 
 
-def test_sweep_entry_point_makes_the_project_run_the_parent(workdir, client, mnist_path):
-    mlflow_run(workdir, "sweep", "--experiment-name", "mnist-sweeps",
+def test_sweep_entry_point_logs_where_experiment_name_says_under_the_project_run(
+        workdir, client, mnist_path):
+    mlflow_run(workdir, "sweep", "--experiment-name", "my-sweeps",
                "-P", "spec=part1-narrow", "-P", "max_trials=2", "-P", "epochs=1",
                "-P", "train_limit=500", "-P", f"data={mnist_path}")
-    experiment = client.get_experiment_by_name("mnist-sweeps")
+    assert client.get_experiment_by_name("mnist-sweeps") is None  # Not the default's.
+    experiment = client.get_experiment_by_name("my-sweeps")
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if "trial_id" not in r.data.tags]
     children = [r for r in runs if "trial_id" in r.data.tags]

@@ -68,3 +68,19 @@ def test_the_cli_prints_a_pipeline_error_as_one_line_with_its_status(
     assert result.exit_code == 1
     assert result.output.startswith("Error: sweep tiny is already running from")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_sweep_logs_into_the_experiment_mlflow_run_chose(spec, runner, mnist_path, tmp_path,
+                                                            client, monkeypatch):
+    chosen = client.create_experiment("chosen-by-mlflow-run")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", chosen)  # As `mlflow run --experiment-name`.
+    result = runner.invoke(cli, ["sweep", str(tmp_path / "tiny.yaml"), "--data", mnist_path,
+                                 "--train-limit", "1000", "--directory", str(tmp_path / "kt")])
+    assert result.exit_code == 0, result.output
+    assert "in experiment 'chosen-by-mlflow-run'" in result.output
+    assert len(client.search_runs([chosen])) == 2  # The parent and its one trial.
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "987654")
+    gone = runner.invoke(cli, ["sweep", str(tmp_path / "tiny.yaml"), "--data", mnist_path])
+    assert gone.exit_code == 2
+    assert "Invalid value for MLFLOW_EXPERIMENT_ID: no experiment '987654'" in gone.output

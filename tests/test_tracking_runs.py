@@ -331,6 +331,16 @@ def test_experiment_id_creates_the_experiment_once(client):
     assert runs.experiment_id("fresh") == first
 
 
+def test_the_experiment_is_one_of_model_training(client):
+    runs.experiment_id("fresh")
+    assert client.get_experiment_by_name("fresh").tags[names.EXPERIMENT_KIND] == (
+        "custom_model_development")  # The UI opens it on its runs, not on traces.
+    made_elsewhere = client.create_experiment("elsewhere")
+    assert runs.experiment_id("elsewhere") == made_elsewhere
+    assert client.get_experiment(made_elsewhere).tags[names.EXPERIMENT_KIND] == (
+        "custom_model_development")
+
+
 def test_a_fresh_launcher_in_the_same_experiment_becomes_the_parent(client, spec,
                                                                      project_dir):
     launcher = client.create_run(runs.experiment_id(EXPERIMENT), run_name="launch")

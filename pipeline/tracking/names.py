@@ -10,6 +10,9 @@ trial. Per-epoch metrics use step = epoch number (1 = after the first epoch).
 from __future__ import annotations
 
 DEFAULT_EXPERIMENT = "mnist-sweeps"
+# MLflow 3's experiment kind: its UI opens a training experiment on its runs.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
 
 # -- Tags ---------------------------------------------------------------------
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own nesting tag.

@@ -31,12 +31,20 @@ class Parent:
 
 
 def experiment_id(name):
-    """Returns the id of experiment `name`, creating it if needed."""
+    """Returns the id of experiment `name`, creating it if needed.
+
+    The experiment is marked as one of model training (MLflow 3's experiment kind),
+    so that the MLflow UI opens it on its training runs, not on GenAI traces.
+    """
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name)
+    if experiment is None:
+        return retry(lambda: client.create_experiment(
+            name, tags={names.EXPERIMENT_KIND: names.TRAINING_KIND}))
+    if names.EXPERIMENT_KIND not in experiment.tags:  # One made elsewhere: say what it is.
+        retry(lambda: client.set_experiment_tag(experiment.experiment_id,
+                                                names.EXPERIMENT_KIND, names.TRAINING_KIND))
+    return experiment.experiment_id
 
 
 def open_parent(spec, experiment, project_dir, launcher_run_id=None, nest_under=None,
