@@ -15,6 +15,7 @@ from test_scale import check_complete, mid_trial, mid_trials, runs, sweep_args
 
 from pipeline.search import auth, internals
 from pipeline.tracking import names
+from pipeline.tracking import runs as runs_module
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +95,7 @@ def test_a_worker_terminated_after_its_last_trial_leaves_its_run_whole(
     assert chief.wait(timeout=120) == 0, chief.text
     _, (run,) = check_complete(client, 1, epochs=10)
     assert names.CURVES in {a.path for a in client.list_artifacts(run.info.run_id)}
-    model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/{names.MODEL}")
+    model = mlflow.keras.load_model(runs_module.model_uri(run.info.run_id))
     assert model.count_params() == run.data.metrics[names.TRAINABLE_PARAMS]
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.cli import cli
 from pipeline.tracking import names
+from pipeline.tracking import runs as runs_module
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def test_packed_trials_equal_trials_trained_alone(runner, client, mnist_path, sm
 
     # The logged model is a plain Sequential that reproduces its test accuracy.
     best = max(packed.values(), key=lambda r: r.data.metrics[names.VAL_ACCURACY])
-    model = mlflow.keras.load_model(f"runs:/{best.info.run_id}/{names.MODEL}")
+    model = mlflow.keras.load_model(runs_module.model_uri(best.info.run_id))
     accuracy = np.mean(model.predict(small_mnist.x_test, verbose=0).argmax(1)
                        == small_mnist.y_test.argmax(1))
     assert accuracy == pytest.approx(best.data.metrics[names.TEST_ACCURACY], abs=1e-6)

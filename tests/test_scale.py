@@ -10,6 +10,7 @@ import pytest
 from servers import SweepProcess, free_port, wait_for
 
 from pipeline.tracking import names
+from pipeline.tracking import runs as runs_module
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,7 @@ def test_chief_and_two_workers_log_one_sweep(tracking_server, client, workdir, m
     assert {r.data.tags[names.WORKER] for r in finished} == {"worker0", "worker1"}
     assert "serving the oracle to workers" in sweep.text
     # Every trial's model is in the server's artifact store and loads in safe mode.
-    model = mlflow.keras.load_model(f"runs:/{finished[0].info.run_id}/{names.MODEL}",
+    model = mlflow.keras.load_model(runs_module.model_uri(finished[0].info.run_id),
                                     load_model_kwargs={"safe_mode": True})
     accuracy = model.evaluate(small_mnist.x_test, small_mnist.y_test, verbose=0)[1]
     assert accuracy == pytest.approx(finished[0].data.metrics[names.TEST_ACCURACY], abs=1e-6)

@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.cli import cli
 from pipeline.tracking import names
+from pipeline.tracking import runs as runs_module
 
 pytestmark = pytest.mark.slow
 
@@ -65,11 +66,11 @@ def test_sweep_logs_every_name_of_the_contract(runner, client, mnist_path, small
         best.data.metrics[names.VAL_ACCURACY])
 
     # The logged model reloads through the Keras flavor and reproduces test_accuracy.
-    model = mlflow.keras.load_model(f"runs:/{best.info.run_id}/{names.MODEL}")
+    model = mlflow.keras.load_model(runs_module.model_uri(best.info.run_id))
     predictions = model.predict(small_mnist.x_test, verbose=0)
     accuracy = np.mean(predictions.argmax(1) == small_mnist.y_test.argmax(1))
     assert accuracy == pytest.approx(best.data.metrics[names.TEST_ACCURACY], abs=1e-6)
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{best.info.run_id}/{names.MODEL}")
+    pyfunc = mlflow.pyfunc.load_model(runs_module.model_uri(best.info.run_id))
     (spec,) = pyfunc.metadata.signature.inputs.inputs
     assert (spec.name, spec.type, spec.shape) == ("pixels", np.dtype("float32"), (-1, 784))
 

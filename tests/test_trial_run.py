@@ -125,7 +125,17 @@ def test_a_whole_trial_is_logged_through_the_callback(client, parent, small_mnis
     assert metrics[names.FIT_SECONDS] == 1.0 and metrics[names.TRIAL_SECONDS] == 2.0
 
     assert names.CURVES in [a.path for a in client.list_artifacts(run.run_id)]
-    uri = f"runs:/{run.run_id}/{names.MODEL}"
+    # MLflow 3: the logged model carries the trial's metrics, so a sweep's models can
+    # be ranked, and loads by its own URI.
+    (found,) = mlflow.search_logged_models(
+        experiment_ids=[parent.experiment_id], filter_string=f"source_run_id = '{run.run_id}'",
+        order_by=[{"field_name": f"metrics.{names.VAL_ACCURACY}", "ascending": False}],
+        output_format="list")
+    assert found.model_id == run.model_id and str(found.status) == "READY"
+    on_model = {m.key: m.value for m in found.metrics}
+    assert on_model[names.TEST_ACCURACY] == pytest.approx(test_accuracy, abs=1e-6)
+    assert on_model[names.VAL_ACCURACY] == pytest.approx(fit.history[names.VAL_ACCURACY][-1])
+    uri = f"models:/{run.model_id}"
     assert mlflow.models.get_model_info(uri).signature == SIGNATURE
     reloaded = mlflow.keras.load_model(uri)
     np.testing.assert_allclose(reloaded.predict(x_test[:50], verbose=0),
@@ -144,6 +154,13 @@ def test_fail_ends_the_run_failed_after_the_queued_epochs(client, parent):
     assert logged.data.tags[names.FAILURE_REASON] == "ValueError: boom"
     assert [m.step for m in history(client, run.run_id, names.LOSS)] == [1]
     run.wait()  # the trial's own failure is not a logging failure
+
+
+def test_a_run_that_does_not_finish_leaves_no_usable_logged_model(client, parent):
+    run = start_trial_run(parent, "s", "5", "tuner0")
+    run.log_epoch(1, epoch_metrics(1))
+    run.kill()
+    assert str(client.get_logged_model(run.model_id).status) == "FAILED"
 
 
 def test_kill_ends_the_run_killed_after_the_queued_epochs(client, parent):

@@ -281,9 +281,9 @@ class SweepTuner(keras_tuner.Tuner):
         if "tuner/trial_id" in values:  # Hyperband: continue an earlier trial's model.
             self.wait_for_logging()
             earlier = runs.finished_run_of(self.parent.run_id, values["tuner/trial_id"])
-            if earlier:
-                return mlflow.keras.load_model(f"runs:/{earlier}/{names.MODEL}",
-                                               load_model_kwargs={"safe_mode": True})
+            uri = earlier and runs.model_uri(earlier)
+            if uri:
+                return mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True})
         return build_model(config, self.hypermodel.options, seed=seed)
 
     def on_trial_end(self, trial):

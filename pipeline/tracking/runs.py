@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -181,6 +182,15 @@ def record_best(parent, trial_id, score, run_id=None):
         tags[names.BEST_RUN_ID] = run_id
     retry(lambda: MlflowClient().log_batch(parent.run_id, tags=_tags(tags), metrics=[
         Metric(names.BEST_VAL_ACCURACY, float(score), int(time.time() * 1000), 0)]))
+
+
+def model_uri(run_id):
+    """The MLflow 3 URI (`models:/<model_id>`) of a trial run's logged model, or None."""
+    run = MlflowClient().get_run(run_id)
+    found = [m for m in mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'",
+        output_format="list") if str(m.status) == "READY"]
+    return f"models:/{found[0].model_id}" if found else None
 
 
 def point_to(launcher_run_id, key, parent_run_id):

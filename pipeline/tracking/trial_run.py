@@ -87,6 +87,7 @@ class TrialRun:
         self.error = None  # A write that failed for good.
         self.failure = None  # The trial's own failure.
         self.superseded = False  # Its trial went to another worker meanwhile.
+        self.model_id = None  # Its logged model, once the first epoch is written.
         self._confirm = None
         self._client = MlflowClient()
         self._tasks = queue.Queue()
@@ -165,31 +166,40 @@ class TrialRun:
         if self.probe is not None and weights is not None:
             gradients = self.probe.measure(weights)
             metrics.update({names.gradient(i): g for i, g in enumerate(gradients)})
-        retry(lambda: self._client.log_batch(self.run_id, metrics=_metrics(metrics, epoch)))
+        model_id = self._model_id()
+        retry(lambda: self._client.log_batch(self.run_id,
+                                             metrics=_metrics(metrics, epoch, model_id)))
 
     def _write_results(self, model, test_data, title, timing, batch_size, test_metrics):
         test_loss, test_accuracy = test_metrics or model.evaluate(
             *test_data, batch_size=batch_size, verbose=0)
         step = self.epochs[-1] if self.epochs else 0
+        model_id = self._model_id()
         retry(lambda: self._client.log_batch(self.run_id, metrics=_metrics(
             {names.TEST_LOSS: test_loss, names.TEST_ACCURACY: test_accuracy, **timing},
-            step)))
+            step, model_id)))
         retry(lambda: self._log_model(model))
         if self.epochs:
             figure = plots.training_curves(self.epochs, self.history, title)
             retry(lambda: self._client.log_figure(self.run_id, figure, names.CURVES))
 
+    def _model_id(self):
+        """The trial's logged model (MLflow 3), made with its first epoch: every metric
+        is logged to it too, so `mlflow.search_logged_models` ranks a sweep's models."""
+        if self.model_id is None:
+            run = retry(lambda: self._client.get_run(self.run_id))
+            self.model_id = retry(lambda: mlflow.initialize_logged_model(
+                name=names.MODEL, source_run_id=self.run_id,
+                experiment_id=run.info.experiment_id, params=run.data.params)).model_id
+        return self.model_id
+
     def _log_model(self, model):
         # The Keras flavor through `Model.log`, which takes the run and the logged
         # model explicitly: this thread has no active run to take them from.
-        run = self._client.get_run(self.run_id)
-        logged = mlflow.initialize_logged_model(
-            name=names.MODEL, source_run_id=self.run_id,
-            experiment_id=run.info.experiment_id, params=run.data.params)
         mlflow.models.Model.log(
             artifact_path=None, name=names.MODEL, flavor=mlflow.keras, model=model,
             signature=SIGNATURE, pip_requirements=_requirements(), run_id=self.run_id,
-            model_id=logged.model_id)
+            model_id=self._model_id())
 
     def _end(self):
         reason = self.error or self.failure
@@ -204,6 +214,8 @@ class TrialRun:
                 status, reason = "KILLED", Superseded(
                     "its trial was re-issued to another worker (this one was taken for lost)")
         try:
+            if status != "FINISHED" and self.model_id is not None:  # Not a usable model.
+                retry(lambda: self._client.finalize_logged_model(self.model_id, "FAILED"))
             if reason is not None:
                 retry(lambda: self._client.set_tag(self.run_id, names.FAILURE_REASON,
                                                    one_line(reason)))
@@ -245,9 +257,9 @@ def one_line(error):
     return f"{error.__class__.__name__}: {message}"[:500]
 
 
-def _metrics(values, step):
+def _metrics(values, step, model_id=None):
     timestamp = int(time.time() * 1000)
-    return [Metric(k, float(v), timestamp, step) for k, v in values.items()]
+    return [Metric(k, float(v), timestamp, step, model_id=model_id) for k, v in values.items()]
 
 
 def _requirements():
