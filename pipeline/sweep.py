@@ -25,7 +25,7 @@ from pipeline.model import CompileOptions
 from pipeline.progress import Progress
 from pipeline.search import distributed, packing, state_files
 from pipeline.search.tuner import SweepTuner
-from pipeline.tracking import names, runs, server
+from pipeline.tracking import datasets, names, runs, server
 from pipeline.tracking.trial_run import one_line
 
 DEFAULT_DIRECTORY = "kt_sweeps"
@@ -162,6 +162,7 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
             return Result(spec.name, parent and parent.run_id, None, None, True)
         parent = runs.open_parent(spec, settings.experiment, project_dir, launcher_run_id,
                                   nest_under, keep=tuner.leased_runs)
+        datasets.log(parent.run_id, dataset)
         tuner.open(parent)
         progress.say(
             f"{'resuming' if parent.resumed else 'starting'} {spec.tuner.algorithm} search, "

@@ -18,7 +18,7 @@ LAYERS = [
     {"spec", "data", "device", "progress"},
     {"specfields", "specfile", "space"},
     {"model", "gradients", "plots", "tracking.server", "packed", "search.auth"},
-    {"tracking.runs", "tracking.trial_run"},
+    {"tracking.runs", "tracking.trial_run", "tracking.datasets"},
     {"search.internals", "search.oracles", "search.distributed", "search.local_cluster",
      "search.state_files", "search.servicer",
      "search.tuner", "search.packing"},

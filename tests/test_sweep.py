@@ -1,5 +1,7 @@
 """End to end: real sweeps on a real MNIST slice, checked in the real MLflow store."""
 
+import json
+
 import mlflow
 import numpy as np
 import pytest
@@ -39,6 +41,15 @@ def test_sweep_logs_every_name_of_the_contract(runner, client, mnist_path, small
     assert parent.info.status == "FINISHED"
     assert parent.data.tags[names.PART] == "1"
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["part1-narrow.yaml"]
+
+    # Every run says what it learned from: MNIST's three splits, as MLflow datasets.
+    for run in [parent, *children]:
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {"training", "validation", "test"}, run.info.run_id
+        assert json.loads(inputs["training"].profile)["num_rows"] == 1_000  # --train-limit
+        assert json.loads(inputs["test"].profile)["num_rows"] == 10_000
+        assert json.loads(inputs["training"].source)["uri"] == mnist_path
+        assert inputs["training"].digest.startswith(small_mnist.fingerprint)
 
     for child in children:
         assert child.info.status == "FINISHED"

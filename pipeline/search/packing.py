@@ -25,7 +25,7 @@ from pipeline.device import device_arrays
 from pipeline.gradients import PROBE_SIZE
 from pipeline.model import EVAL_BATCH_SIZE
 from pipeline.search import distributed, internals
-from pipeline.tracking import names, runs, trial_run
+from pipeline.tracking import datasets, names, runs, trial_run
 
 # On the CPU a step's fixed cost dominates only for narrow networks: with wider
 # layers a pack's arithmetic (every layer padded to the pack's widest) grows faster
@@ -151,6 +151,7 @@ class _Member:
             tuner.parent, tuner.spec.name, trial.trial_id, tuner.tuner_id,
             tags={names.PACK_SIZE: pack_size})
         self.run.log_params(config)
+        datasets.log(self.run.run_id, dataset)
         self.failed = None
 
 

@@ -25,7 +25,7 @@ from pipeline.model import EVAL_BATCH_SIZE, CompileOptions, MnistHyperModel, bui
 from pipeline.progress import Progress
 from pipeline.search import distributed, internals, packing
 from pipeline.search.oracles import failure_reason, make_oracle
-from pipeline.tracking import names, runs, trial_run
+from pipeline.tracking import datasets, names, runs, trial_run
 
 WORKER_ATTEMPTS = 2  # A worker trains a trial whose logging failed once more.
 
@@ -196,6 +196,7 @@ class SweepTuner(keras_tuner.Tuner):
                                         GradientProbe(model, dataset.x_train, dataset.y_train))
         try:
             run.log_params(config)
+            datasets.log(run.run_id, dataset)
             fit_start = time.perf_counter()
             self._fit(model, config, arrays, run)
             fit_seconds = time.perf_counter() - fit_start
