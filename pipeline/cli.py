@@ -226,6 +226,7 @@ def _sweep_args(spec_arg, options, worker_timeout, chief_timeout):
             options["directory"], "--worker-timeout", worker_timeout, "--chief-timeout",
             chief_timeout]
     args += ["--overwrite"] * options["overwrite"] + ["-v"] * options["verbose"]
+    args += ["--no-register"] * options["no_register"]
     args += ["--mixed-precision"] * options["mixed_precision"]
     args += ["--pack", options["pack"]]
     return [str(a) for a in args]
@@ -245,7 +246,7 @@ def _run_sweeps(specs, load_dataset, options, **kwargs):
     settings = sweep_module.Settings(
         experiment=options["experiment"], directory=options["directory"],
         overwrite=options["overwrite"], verbose=options["verbose"], devices=devices,
-        pack=options["pack"], **kwargs)
+        pack=options["pack"], register=not options["no_register"], **kwargs)
     if len(specs) == 1:
         return [sweep_module.run(specs[0], load_dataset(specs[0]), settings,
                                  launcher_run_id=launcher)]

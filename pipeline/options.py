@@ -98,6 +98,9 @@ def sweep_options(func):
                           "(or $MNIST_SWEEPS_DIR)."),
         click.option("--overwrite", is_flag=True,
                      help="Start the sweep afresh instead of resuming it."),
+        click.option("--no-register", is_flag=True,
+                     help="Do not register the best trial's model as the sweep's "
+                          "`champion` in MLflow's Model Registry."),
         click.option("-v", "--verbose", count=True,
                      help="Show Keras' per-epoch progress bar."),
         click.option("--mixed-precision", is_flag=True,

@@ -25,7 +25,7 @@ from pipeline.model import CompileOptions
 from pipeline.progress import Progress
 from pipeline.search import distributed, packing, state_files
 from pipeline.search.tuner import SweepTuner
-from pipeline.tracking import datasets, names, runs, server
+from pipeline.tracking import datasets, names, registry, runs, server
 from pipeline.tracking.trial_run import one_line
 
 DEFAULT_DIRECTORY = "kt_sweeps"
@@ -55,6 +55,7 @@ class Settings:
         devices: what the trials run on, for the first progress line.
         worker_timeout: on a chief, seconds of silence before a worker is lost.
         pack: trials trained together in one step; 0: the spec's, else chosen.
+        register: register the best trial's model as the sweep's `champion`.
     """
 
     experiment: str = names.DEFAULT_EXPERIMENT
@@ -65,6 +66,7 @@ class Settings:
     devices: str = "CPU"
     worker_timeout: float = distributed.WORKER_TIMEOUT
     pack: int = 0
+    register: bool = True
 
 
 def project_name(spec, dataset, experiment):
@@ -172,6 +174,8 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
             f"experiment {settings.experiment!r}"
             + ("; serving the oracle to workers" if distributed.role() == "chief" else ""))
         best = _search(tuner, dataset, parent, progress)
+        if best and best[2] and settings.register:
+            _crown(settings.experiment, spec.name, best, progress)
     return Result(spec.name, parent.run_id, best and best[0], best and best[1],
                   parent.resumed)
 
@@ -203,6 +207,14 @@ def _exclusive(lock_path, name):
             raise SweepBusy(f"sweep {name} is already running from {lock_path.parent}; wait "
                             "for it to end, or stop it first") from None
         yield
+
+
+def _crown(experiment, sweep_name, best, progress):
+    """Registers the best trial's model as the sweep's champion (Model Registry)."""
+    champion = registry.register_champion(experiment, sweep_name, best[2])
+    if champion:
+        progress.say(f"champion: models:/{champion[0]}@{registry.ALIAS} (version "
+                     f"{champion[1]}, trial {best[0]})")
 
 
 def _close(tuner, parent, status, progress):

@@ -19,6 +19,7 @@ LAYERS = [
     {"specfields", "specfile", "space"},
     {"model", "gradients", "plots", "tracking.server", "packed", "search.auth"},
     {"tracking.runs", "tracking.trial_run", "tracking.datasets"},
+    {"tracking.registry"},
     {"search.internals", "search.oracles", "search.distributed", "search.local_cluster",
      "search.state_files", "search.servicer",
      "search.tuner", "search.packing"},

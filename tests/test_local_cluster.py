@@ -11,7 +11,7 @@ from pipeline.search import local_cluster
 # The options `sweep` hands to the chief and to each worker unchanged.
 FORWARDED = ("spec", "max_trials", "epochs", "seed", "data_path", "train_limit",
              "experiment", "directory", "overwrite", "verbose", "mixed_precision",
-             "worker_timeout", "chief_timeout")
+             "worker_timeout", "chief_timeout", "no_register", "pack")
 # `sweep`'s own parameters; the rest are the shared sweep options (`**options`).
 SWEEP_ONLY = ("spec", "workers", "role", "oracle", "worker_id", "worker_timeout",
               "chief_timeout")
@@ -20,7 +20,8 @@ USER_COMMAND = ["part2-narrow", "--workers", "2", "--chief-timeout", "123",
                 "--worker-timeout", "9", "--max-trials", "4", "--epochs", "3",
                 "--seed", "11", "--data", "/data/my mnist.npz", "--train-limit", "500",
                 "--experiment", "nightly sweep", "--directory", "state dir",
-                "--overwrite", "-vv", "--mixed-precision", "--threads", "5"]
+                "--overwrite", "-vv", "--mixed-precision", "--threads", "5",
+                "--no-register", "--pack", "3"]
 
 
 @pytest.fixture(autouse=True)
