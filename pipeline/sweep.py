@@ -211,7 +211,12 @@ def _exclusive(lock_path, name):
 
 def _crown(experiment, sweep_name, best, progress):
     """Registers the best trial's model as the sweep's champion (Model Registry)."""
-    champion = registry.register_champion(experiment, sweep_name, best[2])
+    try:
+        champion = registry.register_champion(experiment, sweep_name, best[2])
+    except Exception as e:  # noqa: BLE001 - the sweep itself finished; say so, go on.
+        progress.say(f"could not register the champion: {one_line(e)}; the same command "
+                     "registers it")
+        return
     if champion:
         progress.say(f"champion: models:/{champion[0]}@{registry.ALIAS} (version "
                      f"{champion[1]}, trial {best[0]})")
