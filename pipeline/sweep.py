@@ -161,6 +161,9 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
         if tuner.finished():  # A re-run of a finished sweep: leave its runs as they are.
             progress.say(f"already finished: {len(tuner.oracle.trials)} trials in MLflow run "
                          f"{parent.run_id if parent else '?'}; --max-trials N extends it")
+            best = parent and tuner.best_trial()
+            if best and best[2] and settings.register:  # A champion not yet registered.
+                _crown(settings.experiment, spec.name, best, progress)
             return Result(spec.name, parent and parent.run_id, None, None, True)
         parent = runs.open_parent(spec, settings.experiment, project_dir, launcher_run_id,
                                   nest_under, keep=tuner.leased_runs)

@@ -51,6 +51,9 @@ def test_the_best_trial_is_the_champion_and_the_alias_moves_with_a_better_one(
 
     sweep.run(duo, small_mnist, settings)  # Nothing new: the registry is left as it is.
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    client.delete_registered_model(name)  # Say its registration had failed:
+    sweep.run(duo, small_mnist, settings)  # the finished sweep's re-run registers it.
+    assert champion(name).run_id == best
 
     # A resumed or extended sweep whose best changed moves the alias to a new version.
     other = runs.finished_run_of(result.parent_run_id, "0")
