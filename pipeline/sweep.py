@@ -25,7 +25,7 @@ from pipeline.model import CompileOptions
 from pipeline.progress import Progress
 from pipeline.search import distributed, packing, state_files
 from pipeline.search.tuner import SweepTuner
-from pipeline.tracking import datasets, names, registry, runs, server
+from pipeline.tracking import datasets, names, registry, runs, server, system_metrics
 from pipeline.tracking.trial_run import one_line
 
 DEFAULT_DIRECTORY = "kt_sweeps"
@@ -176,15 +176,16 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
             f"{dataset.describe()} on {settings.devices}; MLflow run {parent.run_id} in "
             f"experiment {settings.experiment!r}"
             + ("; serving the oracle to workers" if distributed.role() == "chief" else ""))
-        best = _search(tuner, dataset, parent, progress)
+        best = _search(tuner, dataset, parent, progress, system_metrics.start(parent.run_id))
         if best and best[2] and settings.register:
             _crown(settings.experiment, spec.name, best, progress)
     return Result(spec.name, parent.run_id, best and best[0], best and best[1],
                   parent.resumed)
 
 
-def _search(tuner, dataset, parent, progress):
-    """Runs the search and ends the parent FINISHED, FAILED or KILLED; returns the best."""
+def _search(tuner, dataset, parent, progress, monitor):
+    """Runs the search and ends the parent FINISHED, FAILED or KILLED; returns the best.
+    `monitor` (its system metrics) stops first."""
     status = "FAILED"
     try:
         with _sigterm_raises():
@@ -195,6 +196,7 @@ def _search(tuner, dataset, parent, progress):
         status = "KILLED"
         raise
     finally:
+        monitor.finish()
         best = _close(tuner, parent, status, progress)
     return best
 

@@ -84,3 +84,15 @@ def test_the_sweep_logs_into_the_experiment_mlflow_run_chose(spec, runner, mnist
     gone = runner.invoke(cli, ["sweep", str(tmp_path / "tiny.yaml"), "--data", mnist_path])
     assert gone.exit_code == 2
     assert "Invalid value for MLFLOW_EXPERIMENT_ID: no experiment '987654'" in gone.output
+
+
+def test_the_parent_run_holds_the_sweeps_system_metrics(spec, small_mnist, tmp_path, client,
+                                                        monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    result = sweep.run(spec, small_mnist, sweep.Settings(experiment="system",
+                                                         directory=str(tmp_path / "kt")))
+    metrics = client.get_run(result.parent_run_id).data.metrics
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    samples = client.get_metric_history(result.parent_run_id, "system/cpu_utilization_percentage")
+    assert len(samples) >= 2  # Sampled through the sweep, not once.
