@@ -216,15 +216,12 @@ def _finish(tuner, network, index, member, arrays, timing, start, test_metrics):
                       {**timing, names.TRIAL_SECONDS: time.perf_counter() - start},
                       EVAL_BATCH_SIZE, test_metrics, confirm=tuner._lease(trial.trial_id))
     tuner._logging.append((trial.trial_id, member.run))
-    if distributed.role() == "worker":  # Reported only once its run is whole.
-        tuner.wait_for_logging()
-        if member.run.superseded:
-            tuner._superseded.add(trial.trial_id)
-            return TrialStatus.FAILED
-        if trial.trial_id in tuner.unlogged:  # The oracle hands it out again.
-            tuner.unlogged.remove(trial.trial_id)
-            trial.message = "its run could not be logged whole"
-            return TrialStatus.INVALID
+    outcome = tuner.settle(trial.trial_id) if distributed.role() == "worker" else "whole"
+    if outcome == "superseded":
+        return TrialStatus.FAILED
+    if outcome == "unlogged":  # The oracle hands it out again.
+        trial.message = "its run could not be logged whole"
+        return TrialStatus.INVALID
     metrics = {k: member.run.history[k][-1] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
     tuner._outcome[trial.trial_id] = (config, start, metrics)
     return _complete(tuner, trial, metrics)

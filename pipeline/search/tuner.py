@@ -166,14 +166,11 @@ class SweepTuner(keras_tuner.Tuner):
             return self._run_trial(trial, dataset)
         for _ in range(WORKER_ATTEMPTS):
             metrics = self._run_trial(trial, dataset)
-            superseded = [run for _, run in self._logging]
-            self.wait_for_logging()
-            if any(run.superseded for run in superseded):
-                self._superseded.add(trial.trial_id)
+            outcome = self.settle(trial.trial_id)
+            if outcome == "superseded":
                 raise keras_tuner.errors.FailedTrialError("re-issued to another worker")
-            if trial.trial_id not in self.unlogged:
+            if outcome == "whole":
                 return metrics
-            self.unlogged.remove(trial.trial_id)
         raise LoggingFailed(f"trial {trial.trial_id} could not be logged to MLflow in "
                             f"{WORKER_ATTEMPTS} attempts")
 
@@ -218,6 +215,20 @@ class SweepTuner(keras_tuner.Tuner):
         metrics = {k: run.history[k][-1] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
         self._outcome[trial.trial_id] = (config, start, metrics)
         return metrics
+
+    def settle(self, trial_id):
+        """On a worker, waits for `trial_id`'s run to be written, before the trial is
+        reported; returns "whole", "superseded" (the trial went to another worker
+        meanwhile) or "unlogged" (its run could not be written)."""
+        pending = [run for logged_id, run in self._logging if logged_id == trial_id]
+        self.wait_for_logging()
+        if any(run.superseded for run in pending):
+            self._superseded.add(trial_id)
+            return "superseded"
+        if trial_id in self.unlogged:
+            self.unlogged.remove(trial_id)
+            return "unlogged"
+        return "whole"
 
     def _lease(self, trial_id):
         """A worker's check, before its run ends FINISHED, that the trial is still its."""
