@@ -76,17 +76,19 @@ def test_mlflow_models_serve_answers_with_the_champion(duo, small_mnist, tmp_pat
     uri = f"models:/serve.duo@{registry.ALIAS}"
     expected = mlflow.keras.load_model(uri).predict(small_mnist.x_test[:20], verbose=0)
     port = free_port()
+    log_path = tmp_path / "serve.log"
+    log = open(log_path, "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "-h", "127.0.0.1",
          "-p", str(port), "--env-manager", "local"],
         env={**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def ping():
             try:
                 return urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
             except OSError:
-                assert server.poll() is None, server.stderr.read()[-2000:]
+                assert server.poll() is None, log_path.read_text()[-2000:]
                 return None
 
         wait_for(ping, 180, "mlflow models serve")
@@ -98,6 +100,9 @@ def test_mlflow_models_serve_answers_with_the_champion(duo, small_mnist, tmp_pat
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+        log.close()
     np.testing.assert_allclose(answer, expected, atol=1e-5)
+    # The plain {"inputs": [[...]]} body reaches Keras as the array it was built for.
+    assert "doesn't match the expected structure" not in log_path.read_text()
     accuracy = np.mean(answer.argmax(1) == small_mnist.y_test[:20].argmax(1))
     assert accuracy >= 0.5  # The 64-unit champion, not the 1-unit network.

@@ -1,6 +1,7 @@
 """End to end: real sweeps on a real MNIST slice, checked in the real MLflow store."""
 
 import json
+import warnings
 
 import mlflow
 import numpy as np
@@ -83,7 +84,12 @@ def test_sweep_logs_every_name_of_the_contract(runner, client, mnist_path, small
     assert accuracy == pytest.approx(best.data.metrics[names.TEST_ACCURACY], abs=1e-6)
     pyfunc = mlflow.pyfunc.load_model(runs_module.model_uri(best.info.run_id))
     (spec,) = pyfunc.metadata.signature.inputs.inputs
-    assert (spec.name, spec.type, spec.shape) == ("pixels", np.dtype("float32"), (-1, 784))
+    assert (spec.name, spec.type, spec.shape) == (None, np.dtype("float32"), (-1, 784))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        served = pyfunc.predict(small_mnist.x_test[:5])
+    np.testing.assert_allclose(served, predictions[:5], atol=1e-6)
+    assert not [w for w in caught if "structure" in str(w.message)], "Keras warned"
 
 
 def test_deep_sweep_logs_only_active_layers(runner, client, mnist_path):

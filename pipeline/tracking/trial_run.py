@@ -27,8 +27,11 @@ from pipeline.space import INPUTS, LOSS, OPTIMIZER, OUTPUTS
 from pipeline.tracking import names
 from pipeline.tracking.server import retry
 
+# The input tensor is unnamed: MLflow then hands the pyfunc flavor the array itself,
+# as the Sequential model expects ({"inputs": [[...]]} or {"instances": ...} served);
+# a named one reaches Keras as a dict, and Keras warns that its structure differs.
 SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype("float32"), (-1, INPUTS), "pixels")]),
+    inputs=Schema([TensorSpec(np.dtype("float32"), (-1, INPUTS))]),
     outputs=Schema([TensorSpec(np.dtype("float32"), (-1, OUTPUTS), "digits")]),
 )
 
