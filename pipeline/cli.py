@@ -238,10 +238,11 @@ def _run_sweeps(specs, load_dataset, options, **kwargs):
     A sweep that stops early exits 1 with one line saying why; SIGTERM exits 143
     after the current trial's run is closed (the same command resumes).
     """
-    from pipeline import device
+    from pipeline import device, model, space
     from pipeline import sweep as sweep_module
 
-    devices = device.configure(options["mixed_precision"], options["threads"])
+    wide = any(model.compute_bound(space.ConstrainedSpace(spec)) for spec in specs)
+    devices = device.configure(options["mixed_precision"], options["threads"], wide)
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)  # Set by `mlflow run`.
     settings = sweep_module.Settings(
         experiment=options["experiment"], directory=options["directory"],

@@ -14,23 +14,27 @@ import keras
 import tensorflow as tf
 
 
-def configure(mixed_precision=False, threads=0):
+def configure(mixed_precision=False, threads=0, compute_bound=False):
     """Prepares TensorFlow's devices; call before any model or tensor is made.
 
     Args:
         mixed_precision: compute in float16 on the GPU (variables stay float32,
             the softmax output layer computes in float32). Changes results slightly.
         threads: CPU threads for TensorFlow's operations. 0: on a GPU machine
-            TensorFlow's default; on the CPU, all cores but one, which is left to
-            the input pipeline and the logging thread (on 2 cores here, epochs are
-            both faster and steadier). Several trial processes share the cores.
+            TensorFlow's default; on the CPU, all cores for `compute_bound` sweeps
+            (wide layers: the matrix products use every core), else all cores but
+            one, which is left to the input pipeline and the logging thread (on 2
+            cores here, narrow networks' epochs are both faster and steadier).
+            Several trial processes share the cores.
+        compute_bound: the sweeps' widest layers are wide enough that their matrix
+            products dominate a step (`model.compute_bound`).
 
     Returns:
         A short description of the devices, e.g. "CPU" or "1 GPU (GPU:0)".
     """
     gpus = tf.config.list_physical_devices("GPU")
     if not threads and not gpus:
-        threads = max(1, (os.cpu_count() or 1) - 1)
+        threads = max(1, (os.cpu_count() or 1) - (not compute_bound))
     if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)

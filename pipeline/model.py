@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import keras
 import keras_tuner
 
+from pipeline import schedule
 from pipeline.space import INPUTS, LOSS, OUTPUTS
 
 
@@ -39,6 +40,12 @@ def xla_pays(config):
     return max(a * b for a, b in zip(widths, widths[1:], strict=False)) >= XLA_MIN_KERNEL
 
 
+def compute_bound(space):
+    """Whether a search space's widest network is XLA-sized (`xla_pays`): its matrix
+    products, not Python or TensorFlow's per-step work, take most of a step."""
+    return xla_pays(space.widest())
+
+
 def kernel_initializer(seed, layer):
     """Keras' default Glorot uniform initializer, seeded for one layer of one trial.
 
@@ -50,7 +57,7 @@ def kernel_initializer(seed, layer):
     return keras.initializers.GlorotUniform(seed=(seed * 100 + layer) % 2**31)
 
 
-def build_model(config, options=CompileOptions(), seed=None):
+def build_model(config, options=CompileOptions(), seed=None, steps_per_epoch=None):
     """Builds and compiles the network for a `TrialConfig`.
 
     Args:
@@ -58,10 +65,12 @@ def build_model(config, options=CompileOptions(), seed=None):
         options: `CompileOptions`.
         seed: seeds the initial weights (`kernel_initializer`); None: Keras' global
             seed generator.
+        steps_per_epoch: training batches per epoch, for a learning-rate schedule.
 
     Returns:
         A compiled `keras.Sequential`: 784 inputs, `config.units` hidden units with
-        `config.activation`, a 10-way softmax, categorical cross-entropy and SGD.
+        `config.activation`, a 10-way softmax, categorical cross-entropy and SGD
+        (`schedule.optimizer`).
     """
     model = keras.Sequential(
         [keras.Input(shape=(INPUTS,), name="pixels")]
@@ -75,9 +84,7 @@ def build_model(config, options=CompileOptions(), seed=None):
                               kernel_initializer=kernel_initializer(seed, len(config.units)))]
     )
     model.compile(
-        optimizer=keras.optimizers.SGD(
-            learning_rate=config.learning_rate, momentum=config.momentum
-        ),
+        optimizer=schedule.optimizer(config, steps_per_epoch),
         loss=LOSS,
         metrics=["accuracy"],
         steps_per_execution=options.steps_per_execution,

@@ -254,7 +254,10 @@ class PackedNetworks:
 
 
 def packable(configs):
-    """Whether these configurations can train in one pack."""
+    """Whether these configurations can train in one pack (same activation, batch size
+    and epochs; SGD with a constant rate: no schedule, warm-up, weight decay or
+    Nesterov, which train alone)."""
     return len({(c.activation, c.batch_size, c.epochs, c.initial_epoch)
-                for c in configs}) == 1 and all(c.activation in ACTIVATIONS for c in configs)
+                for c in configs}) == 1 and all(c.activation in ACTIVATIONS and c.plain_sgd
+                                                for c in configs)
 

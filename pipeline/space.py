@@ -18,6 +18,7 @@ INPUTS = 784
 OUTPUTS = 10
 OPTIMIZER = "SGD"
 LOSS = "categorical_crossentropy"
+WARMUP_SCHEDULES = ["constant", "cosine"]  # A step schedule starts at its full rate.
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,16 @@ class TrialConfig:
     batch_size: int
     epochs: int
     initial_epoch: int = 0
+    schedule: str = "constant"  # Of the learning rate: `pipeline.schedule`.
+    warmup_epochs: int = 0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+    @property
+    def plain_sgd(self):
+        """SGD with a constant rate and momentum alone: what packed training does."""
+        return (self.schedule == "constant" and not self.warmup_epochs
+                and not self.weight_decay and not self.nesterov)
 
     @property
     def hidden_layers(self):
@@ -68,8 +79,13 @@ class TrialConfig:
         widths = self.units
         shape = (f"{len(widths)}x{widths[0]}" if len(set(widths)) == 1
                  else "-".join(str(u) for u in widths))
+        extras = "".join([
+            f" {self.schedule}" * (self.schedule != "constant"),
+            f" warmup={self.warmup_epochs}" * bool(self.warmup_epochs),
+            f" wd={self.weight_decay:g}" * bool(self.weight_decay),
+            " nesterov" * self.nesterov])
         return (f"{shape} {self.activation} lr={self.learning_rate:g} "
-                f"m={self.momentum:g} bs={self.batch_size}")
+                f"m={self.momentum:g} bs={self.batch_size}{extras}")
 
 
 class ConstrainedSpace:
@@ -107,6 +123,7 @@ class ConstrainedSpace:
             units = [self._layer_units(hp, i) for i in range(self.max_layers)][:layers]
         values = hp.values
         epochs = values.get("tuner/epochs", training.epochs)
+        schedule = _declare(hp, "schedule", s.schedule, training.schedule)
         return TrialConfig(
             units=tuple(units),
             activation=_declare(hp, "activation", s.activation),
@@ -116,7 +133,23 @@ class ConstrainedSpace:
             batch_size=int(_declare(hp, "batch_size", s.batch_size, training.batch_size)),
             epochs=int(epochs),
             initial_epoch=int(values.get("tuner/initial_epoch", 0)),
+            schedule=schedule,
+            warmup_epochs=self._warmup(hp, schedule),
+            weight_decay=float(_declare(hp, "weight_decay", s.weight_decay,
+                                        training.weight_decay)),
+            nesterov=bool(_declare(hp, "nesterov", s.nesterov, training.nesterov)),
         )
+
+    def _warmup(self, hp, schedule):
+        """Warm-up epochs: active for the constant and cosine schedules, not for step."""
+        s, training = self.spec.search_space, self.spec.training
+        if s.warmup_epochs is None:
+            return training.warmup_epochs if schedule in WARMUP_SCHEDULES else 0
+        if s.schedule is None:  # `specfile` refused warm-up searched for a step schedule.
+            return int(_declare(hp, "warmup_epochs", s.warmup_epochs))
+        with hp.conditional_scope("schedule", WARMUP_SCHEDULES):
+            warmup = _declare(hp, "warmup_epochs", s.warmup_epochs)
+        return int(warmup) if schedule in WARMUP_SCHEDULES else 0
 
     def _layer_units(self, hp, i):
         name = f"units_{i}"
@@ -181,6 +214,14 @@ class ConstrainedSpace:
             if low <= count_params(units).total <= high:
                 return units
         return None
+
+    def widest(self):
+        """The `TrialConfig` of the space's largest network (default settings)."""
+        t = self.spec.training
+        return TrialConfig(units=(int(self.max_units),) * int(self.max_layers),
+                           activation=self.spec.search_space.activation.values[0],
+                           learning_rate=t.learning_rate, momentum=t.momentum,
+                           batch_size=t.batch_size, epochs=t.epochs)
 
     def param_bounds(self):
         """The smallest and largest parameter counts the narrowed space can reach."""

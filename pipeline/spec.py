@@ -17,6 +17,7 @@ import yaml
 ALGORITHMS = ("random", "bayesian", "hyperband", "grid")
 OBJECTIVES = {"val_accuracy": "max", "val_loss": "min"}
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "elu", "selu", "gelu", "softplus", "swish")
+SCHEDULES = ("constant", "step", "cosine")  # Learning-rate schedules (`pipeline.schedule`).
 PARTS = (1, 2, 3)
 # The exercise's sweeps, in the order its questions are asked.
 EXERCISE = ("part1-wide", "part1-narrow", "part2-narrow", "part2-medium", "part2-wide",
@@ -66,6 +67,10 @@ class SearchSpace:
     learning_rate: Choice | Range | None = None
     momentum: Choice | Range | None = None
     batch_size: Choice | None = None
+    schedule: Choice | None = None
+    warmup_epochs: Choice | None = None
+    weight_decay: Choice | Range | None = None
+    nesterov: Choice | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,30 @@ class Training:
     learning_rate: float = 0.01
     momentum: float = 0.0
     validation_split: int = 10_000
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    early_stopping: EarlyStopping | None = None
+    divergence_guard: DivergenceGuard | None = None
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop a trial whose objective has not improved for `patience` epochs; its model
+    is then the one of its best epoch."""
+
+    patience: int
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class DivergenceGuard:
+    """End a trial FAILED whose validation accuracy is still below `below` (chance is
+    0.1) after `epochs` epochs: it diverged, or sits at chance."""
+
+    epochs: int
+    below: float = 0.2
 
 
 @dataclass(frozen=True)

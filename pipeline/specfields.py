@@ -139,16 +139,35 @@ def hyper(raw, key, positive=False, upper=None):
     return Choice(values)
 
 
-def batch_choice(value, maximum):
-    """`search_space.batch_size`: an integer or a list of them in 1..maximum."""
-    where = "search_space.batch_size"
+def choices(raw, key, allowed):
+    """`search_space.<key>`: one of `allowed` or a list of them; absent: None."""
+    where = f"search_space.{key}"
+    value = raw.get(key)
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value]
+    shown = ", ".join(str(a).lower() for a in allowed)
+    if not values:
+        raise SpecError(f"{where}: expected one of {shown} or a list of them")
+    for v in values:
+        # `True == 1` in Python: compare types too, so 1 is not taken for true.
+        if not any(v == a and type(v) is type(a) for a in allowed):
+            raise SpecError(f"{where}: {v!r} is not one of {shown}")
+    return Choice(tuple(values))
+
+
+def int_choice(raw, key, maximum, minimum=0):
+    """`search_space.<key>`: an integer or a list of them in minimum..maximum; absent:
+    None."""
+    where = f"search_space.{key}"
+    value = raw.get(key)
     if value is None:
         return None
     values = value if isinstance(value, list) else [value]
     if not values:
         raise SpecError(f"{where}: expected an integer or a list of integers")
     values = tuple(number(v, where, integer=True) for v in values)
-    if any(v < 1 for v in values):
-        raise SpecError(f"{where}: batch sizes must be >= 1, got {list(values)}")
+    if any(v < minimum for v in values):
+        raise SpecError(f"{where}: must be >= {minimum}, got {list(values)}")
     at_most(max(values), where, maximum)
     return Choice(values)

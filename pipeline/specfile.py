@@ -27,8 +27,11 @@ from pipeline.spec import (
     MAX_UNITS,
     OBJECTIVES,
     PARTS,
+    SCHEDULES,
     Choice,
     Constraints,
+    DivergenceGuard,
+    EarlyStopping,
     Range,
     SearchSpace,
     Spec,
@@ -37,9 +40,10 @@ from pipeline.spec import (
     TunerSettings,
 )
 from pipeline.specfields import (
-    batch_choice,
     boolean,
+    choices,
     hyper,
+    int_choice,
     int_range,
     integer,
     mapping,
@@ -147,7 +151,8 @@ def _parse(raw, path):
 def _parse_space(raw, algorithm):
     raw = mapping(raw, "search_space",
                   {"hidden_layers", "units", "shared_units", "activation",
-                   "learning_rate", "momentum", "batch_size"}, required=True)
+                   "learning_rate", "momentum", "batch_size", "schedule", "warmup_epochs",
+                   "weight_decay", "nesterov"}, required=True)
     space = SearchSpace(
         hidden_layers=int_range(raw, "search_space.hidden_layers", "hidden_layers",
                                 MAX_HIDDEN_LAYERS),
@@ -156,10 +161,14 @@ def _parse_space(raw, algorithm):
         activation=_activation(raw.get("activation", "sigmoid")),
         learning_rate=hyper(raw, "learning_rate", positive=True),
         momentum=hyper(raw, "momentum", upper=1.0),
-        batch_size=batch_choice(raw.get("batch_size"), MAX_BATCH_SIZE),
+        batch_size=int_choice(raw, "batch_size", MAX_BATCH_SIZE, minimum=1),
+        schedule=choices(raw, "schedule", SCHEDULES),
+        warmup_epochs=int_choice(raw, "warmup_epochs", MAX_EPOCHS),
+        weight_decay=hyper(raw, "weight_decay", upper=1.0),
+        nesterov=choices(raw, "nesterov", (False, True)),
     )
     if algorithm == "grid":
-        for key in ("learning_rate", "momentum"):
+        for key in ("learning_rate", "momentum", "weight_decay"):
             if isinstance(getattr(space, key), Range):
                 raise SpecError(f"search_space.{key}: the grid algorithm needs a list of "
                                 "values, not a {min, max} range")
@@ -176,7 +185,12 @@ def _parse_constraints(raw):
 
 def _parse_training(raw):
     raw = mapping(raw, "training",
-                  {"epochs", "batch_size", "learning_rate", "momentum", "validation_split"})
+                  {"epochs", "batch_size", "learning_rate", "momentum", "validation_split",
+                   "schedule", "warmup_epochs", "weight_decay", "nesterov", "early_stopping",
+                   "divergence_guard"})
+    schedule = raw.get("schedule", "constant")
+    if schedule not in SCHEDULES:
+        raise SpecError(f"training.schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
     return Training(
         epochs=integer(raw, "epochs", "training.epochs", minimum=1, maximum=MAX_EPOCHS,
                        default=10),
@@ -186,7 +200,38 @@ def _parse_training(raw):
                            positive=True),
         momentum=real(raw, "momentum", "training.momentum", 0.0, upper=1.0),
         validation_split=_validation_split(raw.get("validation_split", 10_000)),
+        schedule=schedule,
+        warmup_epochs=integer(raw, "warmup_epochs", "training.warmup_epochs", minimum=0,
+                              maximum=MAX_EPOCHS, default=0),
+        weight_decay=real(raw, "weight_decay", "training.weight_decay", 0.0, upper=1.0),
+        nesterov=boolean(raw, "nesterov", "training.nesterov", False),
+        early_stopping=_early_stopping(raw.get("early_stopping")),
+        divergence_guard=_divergence_guard(raw.get("divergence_guard")),
     )
+
+
+def _early_stopping(raw):
+    """`training.early_stopping`: {patience[, min_delta]}; absent or null: off."""
+    if raw is None:
+        return None
+    raw = mapping(raw, "training.early_stopping", {"patience", "min_delta"}, required=True)
+    return EarlyStopping(
+        patience=integer(raw, "patience", "training.early_stopping.patience", minimum=1,
+                         maximum=MAX_EPOCHS, default=None),
+        min_delta=real(raw, "min_delta", "training.early_stopping.min_delta", 0.0,
+                       upper=1.0))
+
+
+def _divergence_guard(raw):
+    """`training.divergence_guard`: {epochs[, below]}; absent or null: off."""
+    if raw is None:
+        return None
+    raw = mapping(raw, "training.divergence_guard", {"epochs", "below"}, required=True)
+    return DivergenceGuard(
+        epochs=integer(raw, "epochs", "training.divergence_guard.epochs", minimum=1,
+                       maximum=MAX_EPOCHS, default=None),
+        below=real(raw, "below", "training.divergence_guard.below", 0.2, positive=True,
+                   upper=1.0))
 
 
 def _parse_tuner(raw):
@@ -229,6 +274,21 @@ def _check_ranges(spec):
                         f"constraints {c.min_units}..{c.max_units}")
     if c.max_trainable_params is not None and c.max_trainable_params < c.min_trainable_params:
         raise SpecError("constraints.max_trainable_params: must be >= min_trainable_params")
+    _check_warmup(spec)
+
+
+def _check_warmup(spec):
+    """Warm-up is for the constant and cosine schedules, and ends before training does."""
+    s, t = spec.search_space, spec.training
+    schedules = s.schedule.values if s.schedule else (t.schedule,)
+    warmups = s.warmup_epochs.values if s.warmup_epochs else (t.warmup_epochs,)
+    where = "search_space.warmup_epochs" if s.warmup_epochs else "training.warmup_epochs"
+    if max(warmups) and set(schedules) == {"step"}:
+        raise SpecError(f"{where}: a step schedule starts at its full rate, without "
+                        "warm-up; use the constant or cosine schedule")
+    if max(warmups) >= t.epochs:
+        raise SpecError(f"{where}: expected fewer warm-up epochs than training.epochs "
+                        f"({t.epochs}), got {max(warmups)}")
 
 
 def check_reachable(spec):

@@ -16,8 +16,8 @@ MAX_FUNCTION_LINES = 60
 LAYERS = [
     {"errors", "tracking.names"},
     {"spec", "data", "device", "progress"},
-    {"specfields", "specfile", "space"},
-    {"model", "gradients", "plots", "tracking.server", "packed", "search.auth",
+    {"specfields", "specfile", "space", "schedule"},
+    {"model", "stopping", "gradients", "plots", "tracking.server", "packed", "search.auth",
      "tracking.system_metrics"},
     {"tracking.runs", "tracking.trial_run", "tracking.datasets"},
     {"tracking.registry"},

@@ -90,7 +90,7 @@ def test_value_forms(tmp_path):
                        "learning_rate": {"min": 0, "max": 1, "sampling": "log"}}},
      "search_space.learning_rate: must be > 0"),
     ({"search_space": {"hidden_layers": 2, "units": 8, "batch_size": [32, 0]}},
-     "search_space.batch_size: batch sizes must be >= 1"),
+     "search_space.batch_size: must be >= 1"),
     ({"constraints": {"min_hidden_layers": 5}},
      "search_space.hidden_layers: 2..2 never meets constraints 5..None"),
     ({"constraints": {"min_trainable_params": 10, "max_trainable_params": 5}},

@@ -42,7 +42,8 @@ def choose_pack(spec, space, requested=0):
     chosen from the model size and the device.
 
     Chosen: 1 for Part One (the exercise asks how long an epoch of each model takes
-    alone), for Hyperband (its trials continue earlier models) and, on a CPU, for
+    alone), for Hyperband (its trials continue earlier models), with early stopping
+    or the divergence guard (each trial stops on its own) and, on a CPU, for
     layers wider than `CPU_MAX_WIDTH`; else as many as the budget of trials, up to
     `CPU_MAX_PACK` (`GPU_MAX_PACK` on a GPU), and never more than fit in
     `MEMORY_BUDGET`.
@@ -53,7 +54,8 @@ def choose_pack(spec, space, requested=0):
         return int(requested or spec.tuner.pack)
     _, most = space.param_bounds()
     gpu = bool(tf.config.list_physical_devices("GPU"))
-    if spec.part == 1 or spec.tuner.algorithm == "hyperband" or (
+    stops = spec.training.early_stopping or spec.training.divergence_guard
+    if spec.part == 1 or spec.tuner.algorithm == "hyperband" or stops or (
             not gpu and space.max_units > CPU_MAX_WIDTH):
         return 1
     widest = max(space.max_units, 10)
@@ -144,7 +146,7 @@ class _Member:
     def __init__(self, tuner, trial, config, dataset, pack_size):
         self.trial = trial
         self.config = config
-        self.model = tuner._fresh_model(trial, config)  # Seeds, then builds: as alone.
+        self.model = tuner._fresh_model(trial, config, len(dataset.x_train))  # As alone.
         self.order = packed.keras_batch_order(len(dataset.x_train))
         # No probe: the pack measures every member's gradients at once (`_epoch`).
         self.run = trial_run.start_trial_run(

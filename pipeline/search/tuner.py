@@ -10,6 +10,7 @@ parent run's best trial current; on a chief, `search` serves the oracle with
 from __future__ import annotations
 
 import gc
+import math
 import time
 
 import keras
@@ -25,6 +26,7 @@ from pipeline.model import EVAL_BATCH_SIZE, CompileOptions, MnistHyperModel, bui
 from pipeline.progress import Progress
 from pipeline.search import distributed, internals, packing
 from pipeline.search.oracles import failure_reason, make_oracle
+from pipeline.stopping import Stopping
 from pipeline.tracking import datasets, names, runs, trial_run
 
 WORKER_ATTEMPTS = 2  # A worker trains a trial whose logging failed once more.
@@ -187,17 +189,19 @@ class SweepTuner(keras_tuner.Tuner):
             self._outcome[trial.trial_id] = (config, start, metrics)
             return {k: metrics[k] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
         arrays = device_arrays(dataset)
-        model = self._fresh_model(trial, config)
+        model = self._fresh_model(trial, config, len(dataset.x_train))
         run = trial_run.start_trial_run(self.parent, self.spec.name, trial.trial_id,
                                         self.tuner_id,
                                         GradientProbe(model, dataset.x_train, dataset.y_train))
+        stopping = Stopping(self.spec.training, self.spec.tuner.objective)
         try:
             run.log_params(config)
             datasets.log(run.run_id, dataset)
             fit_start = time.perf_counter()
-            self._fit(model, config, arrays, run)
+            self._fit(model, config, arrays, run, stopping.callbacks)
             fit_seconds = time.perf_counter() - fit_start
             _fail_on_nan(run)
+            stopping.check()
         except Exception as e:
             run.fail(e)
             raise
@@ -206,13 +210,17 @@ class SweepTuner(keras_tuner.Tuner):
             raise
         # At most one trial's logging runs behind the training of the next.
         self.wait_for_logging()
+        outcome = stopping.outcome(run.epochs, config.epochs)
         run.finish(model, (arrays["x_test"], arrays["y_test"]),
                    f"{self.spec.name} trial {trial.trial_id}: {config.describe()}",
-                   {names.FIT_SECONDS: fit_seconds,
+                   {names.FIT_SECONDS: fit_seconds, names.BEST_EPOCH: outcome.best_epoch,
                     names.TRIAL_SECONDS: time.perf_counter() - start}, EVAL_BATCH_SIZE,
-                   confirm=self._lease(trial.trial_id))
+                   confirm=self._lease(trial.trial_id),
+                   tags={names.STOPPED_EARLY: str(outcome.stopped_early).lower()})
         self._logging.append((trial.trial_id, run))
-        metrics = {k: run.history[k][-1] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
+        # The model is its best epoch's (early stopping restored it): so are its results.
+        best = run.epochs.index(outcome.best_epoch) if outcome.best_epoch in run.epochs else -1
+        metrics = {k: run.history[k][best] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
         self._outcome[trial.trial_id] = (config, start, metrics)
         return metrics
 
@@ -268,7 +276,7 @@ class SweepTuner(keras_tuner.Tuner):
                               "runs: running them again")
         return missing
 
-    def _fit(self, model, config, arrays, run):
+    def _fit(self, model, config, arrays, run, callbacks=()):
         model.fit(
             arrays["x_train"], arrays["y_train"],
             batch_size=config.batch_size,
@@ -276,11 +284,12 @@ class SweepTuner(keras_tuner.Tuner):
             initial_epoch=config.initial_epoch,
             validation_data=(arrays["x_val"], arrays["y_val"]),
             validation_batch_size=EVAL_BATCH_SIZE,
-            callbacks=[trial_run.EpochLogger(run), keras.callbacks.TerminateOnNaN()],
+            callbacks=[trial_run.EpochLogger(run), keras.callbacks.TerminateOnNaN(),
+                       *callbacks],
             verbose=self.verbose,
         )
 
-    def _fresh_model(self, trial, config):
+    def _fresh_model(self, trial, config, train_size):
         # Free what earlier trials left (cheap: see __init__), then seed this trial.
         # Not keras.backend.clear_session(): it clears TensorFlow's kernel cache,
         # which the previous trial's logging thread may be using. The global seed
@@ -296,7 +305,8 @@ class SweepTuner(keras_tuner.Tuner):
             uri = earlier and runs.model_uri(earlier)
             if uri:
                 return mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True})
-        return build_model(config, self.hypermodel.options, seed=seed)
+        steps = math.ceil(train_size / config.batch_size)
+        return build_model(config, self.hypermodel.options, seed=seed, steps_per_epoch=steps)
 
     def on_trial_end(self, trial):
         if trial.trial_id in self._superseded:  # Not ours to report any more.

@@ -29,6 +29,7 @@ TRIAL_ID = "trial_id"  # Trial: Keras Tuner's trial id ("0", "1", ...).
 WORKER = "worker"  # Trial: the Keras Tuner id of the process that trained it.
 PACK_SIZE = "pack_size"  # Trial: how many trials trained in one step with it.
 FAILURE_REASON = "failure_reason"  # A FAILED or KILLED run: why, in one line.
+STOPPED_EARLY = "stopped_early"  # Trial: "true" if early stopping ended it.
 SWEEP_RUN_ID = "sweep_run_id"  # The `mlflow run` run: where its sweep was logged.
 REPORT = "report"  # The report's run.
 REPORT_RUN_ID = "report_run_id"  # The `mlflow run` run: where the report was logged.
@@ -45,6 +46,11 @@ EPOCHS = "epochs"  # Also a parent tag: the sweep's epochs per trial.
 LOSS_FUNCTION = "loss"
 TRIAL_PARAMS = (HIDDEN_LAYERS, UNITS, ACTIVATION, OPTIMIZER, LEARNING_RATE, MOMENTUM,
                 BATCH_SIZE, EPOCHS, LOSS_FUNCTION)
+# Logged only when active (not the plain SGD default).
+SCHEDULE = "lr_schedule"  # "step" or "cosine".
+WARMUP_EPOCHS = "warmup_epochs"
+WEIGHT_DECAY = "weight_decay"
+NESTEROV = "nesterov"
 
 # -- Metrics ------------------------------------------------------------------
 # Keras' own history keys, logged per epoch under the same names.
@@ -63,6 +69,7 @@ BIASES = "biases"
 TEST_LOSS = "test_loss"
 TEST_ACCURACY = "test_accuracy"
 FIT_SECONDS = "fit_seconds"
+BEST_EPOCH = "best_epoch"  # The epoch whose model was kept (the last, or early stopping's).
 TRIAL_SECONDS = "trial_seconds"
 # Parent.
 BEST_VAL_ACCURACY = "best_val_accuracy"

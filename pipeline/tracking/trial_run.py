@@ -15,7 +15,7 @@ import time
 import keras
 import mlflow
 import numpy as np
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context import registry as context_registry
@@ -48,6 +48,11 @@ def trial_params(config):
         names.BATCH_SIZE: config.batch_size,
         names.EPOCHS: config.epochs,
         names.LOSS_FUNCTION: LOSS,
+        **{k: v for k, v in ((names.SCHEDULE, config.schedule),
+                             (names.WARMUP_EPOCHS, config.warmup_epochs),
+                             (names.WEIGHT_DECAY, config.weight_decay),
+                             (names.NESTEROV, config.nesterov))
+           if v and v != "constant"},
     }
 
 
@@ -119,7 +124,7 @@ class TrialRun:
         self._tasks.put(lambda: self._write_epoch(epoch, dict(metrics), weights))
 
     def finish(self, model, test_data, title, timing, batch_size, test_metrics=None,
-               confirm=None):
+               confirm=None, tags=None):
         """Queues the rest: test evaluation (at `batch_size`; or `test_metrics`, its
         (loss, accuracy) already computed), the model, the chart; then ends the run.
 
@@ -129,7 +134,7 @@ class TrialRun:
         self.status = "FINISHED"
         self._confirm = confirm
         self._tasks.put(lambda: self._write_results(model, test_data, title, timing,
-                                                    batch_size, test_metrics))
+                                                    batch_size, test_metrics, tags))
         self._tasks.put(None)
 
     def fail(self, error):
@@ -173,14 +178,15 @@ class TrialRun:
         retry(lambda: self._client.log_batch(self.run_id,
                                              metrics=_metrics(metrics, epoch, model_id)))
 
-    def _write_results(self, model, test_data, title, timing, batch_size, test_metrics):
+    def _write_results(self, model, test_data, title, timing, batch_size, test_metrics,
+                       tags):
         test_loss, test_accuracy = test_metrics or model.evaluate(
             *test_data, batch_size=batch_size, verbose=0)
         step = self.epochs[-1] if self.epochs else 0
         model_id = self._model_id()
         retry(lambda: self._client.log_batch(self.run_id, metrics=_metrics(
             {names.TEST_LOSS: test_loss, names.TEST_ACCURACY: test_accuracy, **timing},
-            step, model_id)))
+            step, model_id), tags=[RunTag(k, v) for k, v in (tags or {}).items()]))
         retry(lambda: self._log_model(model))
         if self.epochs:
             figure = plots.training_curves(self.epochs, self.history, title)

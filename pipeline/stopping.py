@@ -1,0 +1,75 @@
+"""When a trial stops before its last epoch: early stopping and the divergence guard.
+
+Early stopping is Keras' `EarlyStopping` on the sweep's objective, with
+`restore_best_weights`: the model a trial ends with, and logs, is the one of its
+best epoch. The divergence guard ends a trial still below a validation accuracy
+(near chance) after a set number of epochs: it fails, with the reason, instead of
+training every remaining epoch at chance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import keras_tuner
+
+from pipeline.spec import OBJECTIVES
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a trial's training ended: its best epoch (1-based) and whether it stopped
+    before its last epoch."""
+
+    best_epoch: int
+    stopped_early: bool
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training if `val_accuracy` is below `below` after `epochs` epochs."""
+
+    def __init__(self, epochs, below):
+        super().__init__()
+        self.epochs, self.below = epochs, below
+        self.reason = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy = (logs or {}).get("val_accuracy")
+        if epoch + 1 == self.epochs and accuracy is not None and accuracy < self.below:
+            self.reason = (f"val_accuracy {accuracy:.4f} < {self.below:g} after {epoch + 1} "
+                           "epochs: still at chance (divergence guard)")
+            self.model.stop_training = True
+
+
+class Stopping:
+    """The callbacks of a spec's `training.early_stopping` and `divergence_guard`."""
+
+    def __init__(self, training, objective):
+        self.early = None
+        self.guard = None
+        if training.early_stopping is not None:
+            self.early = keras.callbacks.EarlyStopping(
+                monitor=objective, mode=OBJECTIVES[objective],
+                patience=training.early_stopping.patience,
+                min_delta=training.early_stopping.min_delta,
+                restore_best_weights=True)
+        if training.divergence_guard is not None:
+            guard = training.divergence_guard
+            self.guard = DivergenceGuard(guard.epochs, guard.below)
+
+    @property
+    def callbacks(self):
+        return [c for c in (self.early, self.guard) if c is not None]
+
+    def check(self):
+        """After `fit`: raises `FailedTrialError` if the divergence guard stopped it."""
+        if self.guard is not None and self.guard.reason:
+            raise keras_tuner.errors.FailedTrialError(self.guard.reason)
+
+    def outcome(self, epochs_run, last_epoch):
+        """The `Outcome` after `fit` (`epochs_run`: the 1-based epochs it trained)."""
+        if self.early is None or self.early.best is None:
+            return Outcome(best_epoch=last_epoch, stopped_early=False)
+        return Outcome(best_epoch=self.early.best_epoch + 1,
+                       stopped_early=bool(epochs_run) and epochs_run[-1] < last_epoch)
