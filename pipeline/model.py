@@ -105,4 +105,6 @@ class MnistHyperModel(keras_tuner.HyperModel):
         self.space.sample(hp)
 
     def build(self, hp):
-        return build_model(self.space.sample(hp), self.options)
+        # Keras Tuner builds models here only to discover the space (conditional
+        # hyperparameters); trials build theirs with the real steps per epoch.
+        return build_model(self.space.sample(hp), self.options, steps_per_epoch=1)

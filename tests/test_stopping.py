@@ -68,8 +68,16 @@ def test_early_stopping_keeps_the_best_epochs_model_and_its_metrics(
 
 @pytest.mark.slow
 def test_without_a_stop_the_best_epoch_is_still_the_one_kept(tmp_path, small_mnist, client):
-    result = run_sweep(tmp_path, small_mnist, "epochs: 3, early_stopping: {patience: 5}")
+    # With the SGD settings Part Three searches: a cosine schedule after a warm-up,
+    # Nesterov and weight decay, each logged as a param.
+    result = run_sweep(tmp_path, small_mnist, "epochs: 3, early_stopping: {patience: 5}, "
+                       "schedule: cosine, warmup_epochs: 1, nesterov: true, "
+                       "weight_decay: 0.0001")
     run = the_trial(client, result)
+    assert {k: run.data.params[k] for k in (names.SCHEDULE, names.WARMUP_EPOCHS,
+                                            names.NESTEROV, names.WEIGHT_DECAY)} == {
+        names.SCHEDULE: "cosine", names.WARMUP_EPOCHS: "1", names.NESTEROV: "True",
+        names.WEIGHT_DECAY: "0.0001"}
     val = history(client, run, names.VAL_ACCURACY)
     assert sorted(val) == [1, 2, 3]
     assert run.data.tags[names.STOPPED_EARLY] == "false"
