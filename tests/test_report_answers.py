@@ -45,19 +45,24 @@ class Store:
         return run.info.run_id
 
     def trial(self, parent_id, sweep, trial_id, units, val, test, *, activation="sigmoid",
-              seconds=None, grads=None, status="FINISHED", log_val=True):
+              seconds=None, grads=None, status="FINISHED", log_val=True, epochs=None,
+              kept=None):
         """One trial: `val` is its validation accuracy per epoch (step 1, 2, ...);
-        `grads` maps a step to the mean |gradient| per layer."""
-        run_id = self.client.create_run(self.exp_id, tags={
-            names.SWEEP: sweep, names.TRIAL_ID: str(trial_id),
-            names.PARENT_RUN: parent_id}).info.run_id
+        `grads` maps a step to the mean |gradient| per layer; `kept`: the epoch
+        early stopping kept (it trained `len(val)` of `epochs`)."""
+        tags = {names.SWEEP: sweep, names.TRIAL_ID: str(trial_id), names.PARENT_RUN: parent_id}
+        if kept:
+            tags[names.STOPPED_EARLY] = "true"
+        run_id = self.client.create_run(self.exp_id, tags=tags).info.run_id
         weights, biases = dense_counts(units)
         params = {names.HIDDEN_LAYERS: len(units), names.UNITS: ",".join(map(str, units)),
-                  names.ACTIVATION: activation, names.EPOCHS: len(val)}
+                  names.ACTIVATION: activation, names.EPOCHS: epochs or len(val)}
         metrics = [Metric(names.TRAINABLE_PARAMS, weights + biases, 0, 0),
                    Metric(names.WEIGHTS, weights, 0, 0), Metric(names.BIASES, biases, 0, 0),
                    Metric(names.TEST_ACCURACY, test, 0, 0),
                    Metric(names.TEST_LOSS, 1 - test, 0, 0)]
+        if kept:
+            metrics.append(Metric(names.BEST_EPOCH, kept, 0, len(val)))
         seconds = seconds or [1.0] * len(val)
         for step, (v, s) in enumerate(zip(val, seconds, strict=True), start=1):
             metrics += [Metric(names.ACCURACY, v + 0.03, step, step),
@@ -147,12 +152,14 @@ def build_store():
     s.trial(act, "activation", 1, [32] * 10, [0.85], 0.84, activation="tanh")
     ids["tanh"] = s.trial(act, "activation", 2, [32] * 10, [0.90], 0.89, activation="tanh")
     s.trial(act, "activation", 3, [32] * 10, [0.95], 0.94, activation="relu")
-    # part3: only the 3+ layer trials compete; its best peaks at epoch 2 of 3.
+    # part3: only the 3+ layer trials compete. Its best peaked at epoch 2, early
+    # stopping ended it after 3 of 8 and kept epoch 2's model: it is scored 0.95
+    # (its last epoch's 0.94 would lose to trial 2's 0.945).
     p3 = s.parent("part3", 1000)
     s.trial(p3, "part3", 0, [256, 128], [0.99], 0.99, activation="relu")
     ids["p3"] = s.trial(p3, "part3", 1, [256, 128, 64], [0.93, 0.95, 0.94], 0.915,
-                        activation="relu")
-    s.trial(p3, "part3", 2, [64, 64, 64], [0.90, 0.91, 0.92], 0.91, activation="relu")
+                        activation="relu", epochs=8, kept=2)
+    s.trial(p3, "part3", 2, [64, 64, 64], [0.90, 0.91, 0.945], 0.91, activation="relu")
     return ids
 
 
@@ -249,8 +256,15 @@ def test_answers_part_three_and_missing(store):
     assert part3["best_epoch"] == 2
     assert part3["beats_target"] == {"validation": True, "test": False}
     assert set(part3["comparison"]) == {"part3", "part1-wide", "part1-narrow"}
-    assert part3["comparison"]["part3"]["epochs"] == 3
+    assert part3["val_accuracy"] == pytest.approx(0.95)  # The kept epoch's.
+    assert {k: part3["comparison"]["part3"][k]
+            for k in ("epochs", "epochs_trained", "best_epoch")} == {
+        "epochs": 8, "epochs_trained": 3, "best_epoch": 2}
+    assert part3["comparison"]["part1-wide"]["epochs_trained"] == 12
     assert part3["best_of_parts_one_and_three"] == "part1-wide"
+    # 91.5% beats neither published MLP (98.40% and 98.47%).
+    assert [(r["test_accuracy"], r["beaten"]) for r in part3["references"]] == [
+        (0.984, False), (0.9847, False)]
 
     nothing = answer({})
     assert nothing["missing"] == list(EXERCISE)
@@ -267,6 +281,9 @@ def test_write_logs_the_report_files_to_a_finished_report_run(store, workdir, cl
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(answers))
     assert answers["part3"]["run_id"] == store["p3"]
     markdown = (out / "report.md").read_text()
+    assert "| 784-800-10, cross-entropy | 98.40% | Simard, Steinkraus and Platt, ICDAR 2003" \
+        in markdown
+    assert "| part3 | 256-128-64 relu | 91.50% | 3 (8) | 2 |" in markdown
     assert f"`part2-wide`: {render.missing_command('part2-wide')}" in markdown
     assert store["narrow"] in markdown and "| training - validation gap |" in markdown
 

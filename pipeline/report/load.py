@@ -43,7 +43,22 @@ class Trial:
 
     @property
     def metrics(self):
-        return self.run.data.metrics
+        """The run's metrics. A trial under early stopping kept its best epoch's model:
+        its per-epoch metrics here are that epoch's, as its test metrics are."""
+        metrics = self.run.data.metrics
+        kept = metrics.get(names.BEST_EPOCH)
+        if names.STOPPED_EARLY not in self.run.data.tags or kept is None:
+            return metrics
+        if "kept" not in self._history:
+            self._history["kept"] = {**metrics, **{
+                k: v for k in names.EPOCH_METRICS
+                if (v := self.at_step(k, int(kept))) is not None}}
+        return self._history["kept"]
+
+    @property
+    def epochs_trained(self):
+        """Epochs this trial trained for (fewer than its `epochs` if it stopped early)."""
+        return max((s for s, _ in self.history(names.VAL_ACCURACY)), default=0)
 
     @property
     def hidden_layers(self):

@@ -215,13 +215,21 @@ def _render_part_three(doc, part3):
         f"{pct(part3['test_accuracy'])} ({'beats' if beats['test'] else 'does not beat'} "
         "92%).")
     comparison = part3["comparison"]
-    doc.table(["network", "model", "test accuracy", "epoch of best validation accuracy",
-               "run"],
+    doc.table(["network", "model", "test accuracy", "epochs trained (of)",
+               "epoch kept (best validation accuracy)", "run"],
               [[name, c["architecture"], pct(c["test_accuracy"]),
-                f"{c['best_epoch']} of {c['epochs']}", f"`{c['run_id']}`"]
+                f"{c['epochs_trained']} ({c['epochs']})", str(c["best_epoch"]),
+                f"`{c['run_id']}`"]
                for name, c in comparison.items()])
     doc.paragraph(f"Best test accuracy of Parts One and Three: "
                   f"**{part3['best_of_parts_one_and_three']}**.")
+    doc.paragraph("Against the best published plain MLPs (sigmoid or similar units, "
+                  "SGD, no augmentation, dropout or normalisation):")
+    doc.table(["network", "test accuracy", "source", "ours is better"],
+              [[r["network"], pct(r["test_accuracy"]), r["source"],
+                "yes" if r["beaten"] else "no"] for r in part3["references"]]
+              + [[f"ours: {part3['architecture']}", pct(part3["test_accuracy"]),
+                  f"run {run_ref(part3)}", ""]])
 
 
 def _best(trials):

@@ -216,7 +216,8 @@ class SweepTuner(keras_tuner.Tuner):
                    {names.FIT_SECONDS: fit_seconds, names.BEST_EPOCH: outcome.best_epoch,
                     names.TRIAL_SECONDS: time.perf_counter() - start}, EVAL_BATCH_SIZE,
                    confirm=self._lease(trial.trial_id),
-                   tags={names.STOPPED_EARLY: str(outcome.stopped_early).lower()})
+                   tags={names.STOPPED_EARLY: str(outcome.stopped_early).lower()}
+                   if stopping.early else None)
         self._logging.append((trial.trial_id, run))
         # The model is its best epoch's (early stopping restored it): so are its results.
         best = run.epochs.index(outcome.best_epoch) if outcome.best_epoch in run.epochs else -1
