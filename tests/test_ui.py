@@ -15,9 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.cli import cli
 from pipeline.tracking import names
+from pipeline.tracking.datasets import CONTEXTS
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -35,6 +37,7 @@ WAIT_MS = 30_000
 SPEC = "part1-narrow"
 TRIALS = [f"{SPEC}-trial-0", f"{SPEC}-trial-1"]
 METRICS = (names.VAL_ACCURACY, names.TRAINABLE_PARAMS)
+DATASET_COLUMN = "attributes.`Dataset`"
 
 
 @pytest.fixture
@@ -130,29 +133,49 @@ def run_link(page, name):
     return page.get_by_role("link", name=name, exact=True)
 
 
-def table_cell(page, run, metric):
-    """The runs table's cell of `metric` in the row of `run`."""
-    return page.locator(f'[row-id="{run.info.run_id}"] [col-id="metrics.`{metric}`"]')
+def table_cell(page, run, column):
+    """The runs table's cell of `column` (a col-id) in the row of `run`."""
+    return page.locator(f'[row-id="{run.info.run_id}"] [col-id="{column}"]')
 
 
-def assert_shows(text, value, metric):
+def metric_column(metric):
+    return f"metrics.`{metric}`"
+
+
+def assert_shows(text, value, metric, places=None):
+    """`text` shows `value`; rounded to `places` decimals when given (the compare page's)."""
     shown = float(text.replace(",", ""))
-    assert shown == pytest.approx(value), f"{metric}: UI shows {text!r}, MLflow has {value}"
+    tolerance = None if places is None else 0.5 * 10 ** -places * (1 + 1e-9)
+    assert shown == pytest.approx(value, abs=tolerance), (
+        f"{metric}: UI shows {text!r}, MLflow has {value}")
 
 
-def test_runs_page_nests_trials_under_the_sweep_with_their_metrics(
-        browser_page, server, finished_sweep, tmp_path):
-    page = browser_page
-    experiment_id, runs = finished_sweep
-    assert sorted(runs) == sorted([SPEC, *TRIALS])
+def logged_datasets(run):
+    """`run`'s inputs as the runs table names them, `name (digest)`, with their contexts."""
+    return {(f"{put.dataset.name} ({put.dataset.digest})",
+             {tag.key: tag.value for tag in put.tags}.get(MLFLOW_DATASET_CONTEXT))
+            for put in run.inputs.dataset_inputs}
 
-    # The experiment's training runs (without workflowType the UI opens GenAI views).
-    page.goto(f"{server}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
-    parent = run_link(page, SPEC)
-    expect(parent).to_be_visible()
+
+def open_training_runs(page, server, experiment_id):
+    """The experiment's runs page, without `?workflowType=machine_learning`.
+
+    MLflow 3.17's UI opens the bare experiment URL (`#/experiments/ID`) on its GenAI
+    overview whatever the experiment's `mlflow.experimentKind` tag says (it follows
+    its own GenAI/Model training switch, GenAI by default); `/runs` is the runs table.
+    """
+    url = f"{server}/#/experiments/{experiment_id}/runs"
+    page.goto(url)
+    expect(run_link(page, SPEC)).to_be_visible()
+    # Not sent on to the GenAI overview or traces: still the runs page.
+    expect(page).to_have_url(re.compile(rf"{re.escape(url)}(\?|$)"))
+    expect(page.get_by_text("Detect Issues")).to_have_count(0)  # The GenAI overview's.
     page.get_by_role("button", name="Close", exact=True).click()  # The assistant panel.
 
-    # Trials are nested: the parent row alone has a toggle, which shows and hides them.
+
+def check_nesting(page):
+    """Trials are nested: the parent row alone has a toggle, which shows and hides them."""
+    parent = run_link(page, SPEC)
     toggle = page.locator('[role="row"]', has=parent).locator(
         '[col-id="attributes.`Run Name`"] button')
     expect(toggle, "the parent row has no expand toggle: trials not nested").to_have_count(1)
@@ -168,19 +191,84 @@ def test_runs_page_nests_trials_under_the_sweep_with_their_metrics(
     for name in TRIALS:
         expect(run_link(page, name)).to_be_visible()
 
-    # The trials' metrics, as columns of the runs table.
+
+def check_metric_columns(page, runs):
+    """The trials' metrics, as columns of the runs table."""
     page.get_by_role("button", name="Columns").click()
     for metric in METRICS:
         page.get_by_title(metric, exact=True).click()
     page.keyboard.press("Escape")
     for name in TRIALS:
         for metric in METRICS:
-            cell = table_cell(page, runs[name], metric)
+            cell = table_cell(page, runs[name], metric_column(metric))
             expect(cell).to_have_text(re.compile(r"\d"))
             assert_shows(cell.inner_text(), runs[name].data.metrics[metric], metric)
-    page.screenshot(path=tmp_path / "runs-table.png", full_page=True)
 
-    # A trial's own page: its parent run and its metrics.
+
+def check_dataset_column(page, runs):
+    """Each trial's Dataset cell names its three MNIST splits and their contexts."""
+    expand = page.get_by_role("button", name="Expand rows", exact=True)
+    expand.click()  # A cell shows its first dataset only, and `+2`, until expanded.
+    expect(expand).to_have_attribute("aria-pressed", "true")
+    for name in TRIALS:
+        logged = logged_datasets(runs[name])
+        assert {context for _, context in logged} == set(CONTEXTS), (name, logged)
+        assert all(label.startswith("mnist-") for label, _ in logged), (name, logged)
+        cell = table_cell(page, runs[name], DATASET_COLUMN)
+        datasets = cell.get_by_test_id("open-dataset-drawer")  # A dataset's name, a button.
+        contexts = cell.get_by_role("status")  # Its context, a tag beside it.
+        expect(datasets, f"{name}: Dataset column").to_have_count(len(CONTEXTS))
+        expect(contexts, f"{name}: dataset contexts").to_have_count(len(CONTEXTS))
+        for shown in (*datasets.all(), *contexts.all()):
+            expect(shown).to_be_visible()
+        shown = set(zip(datasets.all_text_contents(), contexts.all_text_contents(), strict=True))
+        assert shown == logged, f"{name}: UI shows {shown}, MLflow has {logged}"
+
+
+def compare_values(page, metric):
+    """The compare page's values of `metric`, left to right, one per run column.
+
+    Its Metrics section is two virtualized grids side by side, the names' and the
+    values': a value is on its metric's line. Lines are read from the layout, not
+    the screen: MLflow 3.17's names grid lags one scroll event behind the values'.
+    """
+    name = page.get_by_role("link", name=metric, exact=True)
+    labels = page.get_by_role("grid").filter(has=name)
+    expect(labels).to_have_count(1)
+    values = labels.locator("xpath=following::*[@role='grid'][1]")
+    line = name.locator("..").evaluate("cell => cell.offsetTop")
+    cells = values.get_by_role("rowgroup").locator("> *").evaluate_all(
+        "cells => cells.map(c => [c.offsetTop, c.offsetLeft, c.innerText])")
+    return [text for top, _, text in sorted(cells, key=lambda cell: cell[1]) if top == line]
+
+
+def check_compare(page, runs, tmp_path):
+    """Two trials ticked and compared: their names, and their metrics side by side."""
+    for name in TRIALS:
+        box = page.locator(f'[row-id="{runs[name].info.run_id}"]').get_by_role("checkbox")
+        box.check()
+        expect(box).to_be_checked()
+    page.get_by_role("button", name="Compare", exact=True).click()
+    expect(page.get_by_role("heading", name="Comparing 2 Runs from 1 Experiment")).to_be_visible()
+    run_names = page.get_by_role("row").filter(
+        has=page.get_by_role("rowheader", name="Run Name:", exact=True)).get_by_role("cell")
+    expect(run_names).to_have_count(len(TRIALS))
+    for name in TRIALS:
+        expect(run_names.filter(has_text=re.compile(f"^{name}$"))).to_be_visible()
+    shown_names = run_names.all_inner_texts()
+    values = compare_values(page, names.VAL_ACCURACY)
+    assert len(values) == len(shown_names), f"{names.VAL_ACCURACY}: UI shows {values}"
+    for name, text in zip(shown_names, values, strict=True):
+        assert_shows(text, runs[name].data.metrics[names.VAL_ACCURACY], names.VAL_ACCURACY,
+                     places=3)
+    page.screenshot(path=tmp_path / "compare-runs.png", full_page=True)
+    page.get_by_role("link", name=names.VAL_ACCURACY, exact=True).locator(
+        "xpath=ancestor::*[@role='grid'][1]").scroll_into_view_if_needed()
+    page.screenshot(path=tmp_path / "compare-metrics.png", full_page=True)
+
+
+def check_trial_page(page, runs, tmp_path):
+    """A trial's own page: its parent run and its metrics."""
     trial = runs[TRIALS[0]]
     run_link(page, TRIALS[0]).click()
     expect(page.get_by_role("heading", name=TRIALS[0], exact=True)).to_be_visible()
@@ -191,3 +279,20 @@ def test_runs_page_nests_trials_under_the_sweep_with_their_metrics(
         expect(value).to_have_text(re.compile(r"\d"))
         assert_shows(value.inner_text(), trial.data.metrics[metric], metric)
     page.screenshot(path=tmp_path / "trial-run.png", full_page=True)
+
+
+def test_runs_page_shows_the_sweep_its_trials_and_their_comparison(
+        browser_page, server, finished_sweep, tmp_path):
+    page = browser_page
+    experiment_id, runs = finished_sweep
+    assert sorted(runs) == sorted([SPEC, *TRIALS])
+
+    open_training_runs(page, server, experiment_id)
+    check_nesting(page)
+    check_metric_columns(page, runs)
+    check_dataset_column(page, runs)
+    page.screenshot(path=tmp_path / "runs-table.png", full_page=True)
+
+    check_compare(page, runs, tmp_path)
+    page.go_back()  # The runs table again, as it was left.
+    check_trial_page(page, runs, tmp_path)

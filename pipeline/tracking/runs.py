@@ -34,8 +34,8 @@ class Parent:
 def experiment_id(name):
     """Returns the id of experiment `name`, creating it if needed.
 
-    The experiment is marked as one of model training (MLflow 3's experiment kind),
-    so that the MLflow UI opens it on its training runs, not on GenAI traces.
+    The experiment is marked as one of model training (MLflow 3's experiment kind,
+    `custom_model_development`), for MLflow's UI and clients that read the kind.
     """
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
