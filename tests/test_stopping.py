@@ -20,10 +20,10 @@ tuner: {algorithm: grid, max_trials: 1}
 """
 
 
-def run_sweep(tmp_path, data, training):
+def run_sweep(tmp_path, data, training, experiment="stops"):
     (tmp_path / "stops.yaml").write_text(SPEC.replace("TRAINING", training))
     spec = specfile.load(tmp_path / "stops.yaml")
-    settings = sweep.Settings(experiment="stops", directory=str(tmp_path / "kt"),
+    settings = sweep.Settings(experiment=experiment, directory=str(tmp_path / experiment),
                               register=False)
     return sweep.run(spec, data, settings)
 
@@ -108,3 +108,14 @@ def test_part_two_keeps_the_guard_off_and_part_three_uses_both():
             assert spec.training.divergence_guard is None, name
     part3 = specs["part3"].training
     assert part3.early_stopping is not None and part3.divergence_guard is not None
+
+
+@pytest.mark.slow
+def test_the_same_seed_trains_the_same_trial_again(tmp_path, small_mnist, client):
+    training = ("epochs: 3, schedule: cosine, warmup_epochs: 1, nesterov: true, "
+                "weight_decay: 0.0005, early_stopping: {patience: 2}")
+    first, second = (the_trial(client, run_sweep(tmp_path, small_mnist, training, name))
+                     for name in ("first", "second"))
+    assert history(client, first, names.VAL_ACCURACY) == history(
+        client, second, names.VAL_ACCURACY)
+    assert first.data.metrics[names.TEST_ACCURACY] == second.data.metrics[names.TEST_ACCURACY]
