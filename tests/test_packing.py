@@ -46,6 +46,7 @@ def test_packed_trials_equal_trials_trained_alone(runner, client, mnist_path, sm
         assert run.data.params == twin.data.params
         assert run.data.tags[names.PACK_SIZE] == "3" and names.PACK_SIZE not in twin.data.tags
         assert set(run.data.metrics) == set(twin.data.metrics)
+        assert run.data.metrics[names.BEST_EPOCH] == twin.data.metrics[names.BEST_EPOCH] == 2
         for key in (names.LOSS, names.VAL_LOSS):
             steps, values = history(client, run, key)
             assert steps == [1, 2]

@@ -215,7 +215,8 @@ def _finish(tuner, network, index, member, arrays, timing, start, test_metrics):
     model = network.member_model(index, member.model)
     member.run.finish(model, (arrays["x_test"], arrays["y_test"]),
                       f"{tuner.spec.name} trial {trial.trial_id}: {config.describe()}",
-                      {**timing, names.TRIAL_SECONDS: time.perf_counter() - start},
+                      {**timing, names.TRIAL_SECONDS: time.perf_counter() - start,
+                       names.BEST_EPOCH: config.epochs},  # Packs train every epoch.
                       EVAL_BATCH_SIZE, test_metrics, confirm=tuner._lease(trial.trial_id))
     tuner._logging.append((trial.trial_id, member.run))
     outcome = tuner.settle(trial.trial_id) if distributed.role() == "worker" else "whole"
