@@ -1,22 +1,28 @@
 """Real servers and real sweep processes for the tests: PostgreSQL-backed `mlflow server`.
 
-PostgreSQL itself is Debian's, started by `.ci/run` on 127.0.0.1 (see README,
-"Running at scale"); `MNIST_SWEEPS_TEST_POSTGRES` names an account that may
-create databases. Each test gets a fresh database and its own `mlflow server`.
+PostgreSQL is a throwaway cluster that the test session makes itself (`PostgresCluster`,
+started by conftest's `postgres_admin_uri` fixture the first time a test needs it), or
+the server `MNIST_SWEEPS_TEST_POSTGRES` names: an account that may create databases.
+Each test gets a fresh database and its own `mlflow server`.
 """
 
 import os
+import pwd
+import re
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 POSTGRES_ENV = "MNIST_SWEEPS_TEST_POSTGRES"
-POSTGRES_DEFAULT = "postgresql://mlflow:mlflow@127.0.0.1:5432/postgres"
+DEBIAN_POSTGRES = Path("/usr/lib/postgresql")
 
 
 def free_port():
@@ -37,21 +43,127 @@ def wait_for(condition, timeout, what, interval=0.5):
         time.sleep(interval)
 
 
-class PostgresDatabase:
-    """A fresh database on the test PostgreSQL server, dropped afterwards."""
+def postgres_bin():
+    """The newest Debian PostgreSQL's programs (/usr/lib/postgresql/N/bin), else PATH's."""
+    versions = sorted(DEBIAN_POSTGRES.glob("*/bin/initdb"),
+                      key=lambda p: [int(n) for n in re.findall(r"\d+", p.parts[-3])])
+    if versions:
+        return versions[-1].parent
+    if shutil.which("initdb") and shutil.which("pg_ctl"):
+        return Path(shutil.which("initdb")).parent
+    raise AssertionError("PostgreSQL's initdb is not installed: tests/run installs it "
+                         "(apt-get install postgresql)")
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster in a temporary directory, for one test session.
+
+    It listens on 127.0.0.1 only, on a free port, with its Unix socket inside the
+    directory, and every connection must authenticate (scram-sha-256) as `postgres`
+    with a random password that only this process knows: it reaches initdb through a
+    file (`--pwfile`, deleted at once) and the server's clients through their URI,
+    never a command line. PostgreSQL refuses to run as root, so as root the cluster
+    runs as the `postgres` system user (Debian's package makes it).
+    """
+
+    SUPERUSER = "postgres"
 
     def __init__(self):
+        self.bin = postgres_bin()
+        self.password = secrets.token_urlsafe(24)
+        self.root = Path(tempfile.mkdtemp(prefix="mnist-sweeps-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "postgres.log"
+        self.port = None
+        self.owner = None
+        if os.geteuid() == 0:
+            try:
+                self.owner = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(self.root)
+                raise AssertionError("as root the tests' PostgreSQL runs as the `postgres` "
+                                     "system user, and there is none: apt-get install "
+                                     "postgresql makes it") from None
+            os.chown(self.root, self.owner.pw_uid, self.owner.pw_gid)
+
+    @property
+    def admin_uri(self):
+        return (f"postgresql://{self.SUPERUSER}:{self.password}@127.0.0.1:{self.port}"
+                f"/postgres")
+
+    def _run(self, program, *args, check=True):
+        command = [str(self.bin / program), *args]
+        if self.owner:
+            command = ["runuser", "-u", self.owner.pw_name, "--", *command]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        result = subprocess.run(command, cwd=self.root, env={**env, "LC_ALL": "C"},
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=120)
+        if check and result.returncode:
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise AssertionError(f"{program} failed (exit status {result.returncode}):\n"
+                                 f"{result.stdout}{result.stderr}{log}")
+        return result
+
+    def start(self, attempts=3):
+        pwfile = self.root / "pwfile"
+        with os.fdopen(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(self.password + "\n")
+        if self.owner:
+            os.chown(pwfile, self.owner.pw_uid, self.owner.pw_gid)
+        try:
+            self._run("initdb", "--pgdata", str(self.data), "--username", self.SUPERUSER,
+                      "--pwfile", str(pwfile), "--auth", "scram-sha-256",
+                      "--encoding", "UTF8", "--locale", "C", "--no-sync")
+        finally:
+            pwfile.unlink()
+        with open(self.data / "postgresql.conf", "a") as conf:
+            # Throwaway data: no need to survive a crash, so no waiting on the disk.
+            conf.write(f"\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{self.root}'\n"
+                       "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+        for attempt in range(attempts):  # A free port may be taken before the server binds.
+            self.port = free_port()
+            result = self._run("pg_ctl", "--pgdata", str(self.data), "--log", str(self.log),
+                               "--options", f"-p {self.port}", "--wait", "--timeout", "60",
+                               "start", check=attempt == attempts - 1)
+            if result.returncode == 0:
+                return self
+
+    def running(self):
+        return (self.data / "postmaster.pid").exists() and self._run(
+            "pg_ctl", "--pgdata", str(self.data), "status", check=False).returncode == 0
+
+    def stop(self):
+        """Stops the server (if it runs) and removes the directory with its data."""
+        try:
+            if self.data.exists() and self.running():
+                if self._run("pg_ctl", "--pgdata", str(self.data), "--mode", "fast", "--wait",
+                             "--timeout", "30", "stop", check=False).returncode:
+                    self._run("pg_ctl", "--pgdata", str(self.data), "--mode", "immediate",
+                              "--wait", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PostgresDatabase:
+    """A fresh database on the tests' PostgreSQL server, dropped afterwards.
+
+    `admin` is a URI of an account that may create databases (conftest's
+    `postgres_admin_uri`).
+    """
+
+    def __init__(self, admin):
         import psycopg
 
-        self.admin = os.environ.get(POSTGRES_ENV, POSTGRES_DEFAULT)
+        self.admin = admin
         self.name = f"mlflow_test_{uuid.uuid4().hex[:12]}"
         try:
             with psycopg.connect(self.admin, autocommit=True, connect_timeout=5) as conn:
                 conn.execute(f'CREATE DATABASE "{self.name}"')
         except psycopg.OperationalError as e:
-            raise AssertionError(
-                f"PostgreSQL is not reachable at ${POSTGRES_ENV} ({e}); .ci/run installs and "
-                "starts it: apt-get install postgresql && pg_ctlcluster 15 main start") from e
+            where = f"${POSTGRES_ENV}" if os.environ.get(POSTGRES_ENV) else "the tests' cluster"
+            raise AssertionError(f"PostgreSQL is not reachable at {where} ({e})") from e
         base, _, _ = self.admin.rpartition("/")
         self.uri = f"{base}/{self.name}"
 
@@ -75,10 +187,12 @@ class MlflowServer:
 
     def start(self, timeout=120):
         command = [sys.executable, "-m", "mlflow", "server",
-                   "--backend-store-uri", self.backend_uri,
                    "--artifacts-destination", str(self.artifacts),
                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        # The backend URI holds the database password: through the environment (which
+        # only this user can read), never the command line (which `ps` shows everyone).
+        env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.backend_uri,
+               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True)

@@ -309,6 +309,7 @@ CASES = [
 ]
 
 
+@pytest.mark.usefixtures("mnist_path")  # Some cases pass the real file ($MNIST_NPZ).
 @pytest.mark.parametrize(("build", "expected", "exit_code"), CASES)
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, build, expected, exit_code):
     args, env_changes = build(tmp_path)
