@@ -52,7 +52,10 @@ def test_shipped_specs_encode_each_part():
     part3 = spec_module.load("part3")
     assert part3.constraints.min_hidden_layers >= 3
     assert isinstance(part3.search_space.learning_rate, Range)
-    assert isinstance(part3.search_space.momentum, Range)
+    assert part3.search_space.weight_decay.values == (0.0003, 0.0005, 0.001)
+    t = part3.training  # SGD's own settings; the test set chooses nothing.
+    assert (t.nesterov, t.schedule, t.warmup_epochs, t.validation_split) == (
+        True, "cosine", 1, 5000)
 
 
 def test_value_forms(tmp_path):
