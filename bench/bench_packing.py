@@ -15,7 +15,6 @@ over alone. It also prints the largest per-epoch difference of each trial's
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -27,7 +26,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from bench_trials import finished_trials, run_measured  # noqa: E402
+from bench_trials import (  # noqa: E402
+    bench_parser,
+    finished_trials,
+    parse_bench_args,
+    run_measured,
+)
 
 TARGETS = {"part2-narrow": 4.0, "part2-medium": 4.0, "part2-wide": 4.0, "part1-narrow": 1.5,
            "part1-wide": 0.95, "part3": 0.95}
@@ -100,9 +104,7 @@ def bench_spec(spec, args, workdir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("MNIST_NPZ"),
-                        help="Keras-layout mnist.npz (default $MNIST_NPZ)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--specs", nargs="+", default=list(TARGETS),
                         help="specs to compare (default: the exercise's)")
     parser.add_argument("--pack", type=int, default=0, help="K (default: the spec's choice)")
@@ -110,10 +112,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=0, help="override the spec's")
     parser.add_argument("--train-limit", type=int, default=0, help="train on N images")
     parser.add_argument("--reps", type=int, default=1, help="repetitions, alternating")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: does it work")
-    args = parser.parse_args()
-    if not args.data:
-        parser.error("--data: give a Keras-layout mnist.npz (or set MNIST_NPZ)")
+    args = parse_bench_args(parser)
     if args.quick:
         args.specs, args.max_trials, args.epochs, args.train_limit = ["part2-narrow"], 2, 1, 2000
     print(f"# bench_packing on {platform.node() or 'this machine'}: {os.cpu_count()} cores, "

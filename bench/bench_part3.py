@@ -16,7 +16,6 @@ trial's `fit_seconds` and `trial_seconds` (from MLflow), their ratio to the plai
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_trials import run_measured
+from bench_trials import bench_parser, parse_bench_args, run_measured
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -76,14 +75,7 @@ def pipeline_trial(args, workdir, rep):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("MNIST_NPZ"),
-                        help="Keras-layout mnist.npz (default $MNIST_NPZ)")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes: checks that the benchmark still works")
-    args = parser.parse_args()
-    if not args.data:
-        parser.error("--data: give a Keras-layout mnist.npz (or set MNIST_NPZ)")
+    args = parse_bench_args(bench_parser(__doc__))
     args.reps, args.epochs, args.train_limit = (1, 1, 2000) if args.quick else (2, 30, None)
     print(f"# bench_part3 on {platform.node() or 'this machine'}: {os.cpu_count()} cores, "
           f"{args.epochs} epochs{' (quick mode)' if args.quick else ''}")

@@ -247,17 +247,28 @@ SECTIONS = {"speed": bench_speed, "overhead": bench_overhead, "gradients": bench
             "memory": bench_memory, "throughput": bench_throughput}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_parser(doc):
+    """The benchmarks' command line: `--data` and `--quick`; add a script's own."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("MNIST_NPZ"),
                         help="Keras-layout mnist.npz (default $MNIST_NPZ)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: checks that the benchmark still works")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                        help="run only these sections")
+    return parser
+
+
+def parse_bench_args(parser):
     args = parser.parse_args()
     if not args.data:
         parser.error("--data: give a Keras-layout mnist.npz (or set MNIST_NPZ)")
+    return args
+
+
+def main():
+    parser = bench_parser(__doc__)
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="run only these sections")
+    args = parse_bench_args(parser)
     if args.quick:
         args.reps, args.epochs, args.train_limit = 1, 2, 2000
         args.units, args.memory_trials, args.overhead_trials = [25], (2, 4), 2

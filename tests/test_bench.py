@@ -10,13 +10,18 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_benchmark_quick_mode_prints_every_target(mnist_path, workdir):
+def quick(script, mnist_path, workdir):
+    """Runs `bench/<script> --quick`; returns what it printed (it must exit 0)."""
     result = subprocess.run(
-        [sys.executable, "bench/bench_trials.py", "--quick", "--data", mnist_path],
+        [sys.executable, f"bench/{script}", "--quick", "--data", mnist_path],
         cwd=REPO, capture_output=True, text=True, timeout=900,
         env={**os.environ, "TMPDIR": str(workdir)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    out = result.stdout
+    return result.stdout
+
+
+def test_benchmark_quick_mode_prints_every_target(mnist_path, workdir):
+    out = quick("bench_trials.py", mnist_path, workdir)
     for heading in ("## Training speed", "## Tracking overhead", "## Gradient logging",
                     "## Memory", "## Throughput"):
         assert heading in out
@@ -27,22 +32,13 @@ def test_benchmark_quick_mode_prints_every_target(mnist_path, workdir):
 
 def test_packing_benchmark_quick_mode_prints_the_ratio_and_the_differences(mnist_path,
                                                                             workdir):
-    result = subprocess.run(
-        [sys.executable, "bench/bench_packing.py", "--quick", "--data", mnist_path],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "TMPDIR": str(workdir)})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    (line,) = [x for x in result.stdout.splitlines() if x.startswith("part2-narrow:")]
+    out = quick("bench_packing.py", mnist_path, workdir)
+    (line,) = [x for x in out.splitlines() if x.startswith("part2-narrow:")]
     assert "--pack 1" in line and "ratio" in line and "[target >= 4" in line
-    assert "largest per-epoch difference packed vs alone" in result.stdout
+    assert "largest per-epoch difference packed vs alone" in out
 
 
 def test_part3_benchmark_quick_mode_prints_the_ratio_to_plain_keras(mnist_path, workdir):
-    result = subprocess.run(
-        [sys.executable, "bench/bench_part3.py", "--quick", "--data", mnist_path],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "TMPDIR": str(workdir)})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    out = result.stdout
+    out = quick("bench_part3.py", mnist_path, workdir)
     assert "ratio trial fit / plain fit:" in out and "[target <= 1.00]" in out
     assert "plain Keras fit (XLA, every core):" in out and "rep 1:" in out
