@@ -191,15 +191,14 @@ def _epoch(network, members, arrays, epoch):
     seconds = time.perf_counter() - epoch_start
     # As `GradientProbe`: on the first PROBE_SIZE training images, after the epoch.
     sizes = network.gradient_sizes(arrays["x_train"][:PROBE_SIZE],
-                                   arrays["y_train"][:PROBE_SIZE]).numpy()
+                                   arrays["y_train"][:PROBE_SIZE])
     for index, member in enumerate(members):
         if member.failed is not None:
             continue
         metrics = {names.LOSS: loss[index], names.ACCURACY: accuracy[index],
                    names.VAL_LOSS: val_loss[index], names.VAL_ACCURACY: val_accuracy[index],
                    names.EPOCH_SECONDS: seconds}
-        gradients = network.member_gradients(sizes, index)
-        metrics.update({names.gradient(i): g for i, g in enumerate(gradients)})
+        metrics.update({names.gradient(i): g for i, g in enumerate(sizes[index])})
         member.run.log_epoch(epoch, metrics)
         if not np.isfinite(loss[index]):
             member.failed = keras_tuner.errors.FailedTrialError(

@@ -36,6 +36,12 @@ SIGNATURE = ModelSignature(
 )
 
 
+# A pack's runs all end at once. Their results (Python-bound work under one GIL, and
+# writes to one store) are written one run at a time: overlapped, they only slow each
+# other, and each would pay MLflow's first-model costs (its package map) again.
+_RESULTS = threading.Lock()
+
+
 def trial_params(config):
     """The hyperparameters that are active for a `TrialConfig`, as MLflow params."""
     return {
@@ -180,6 +186,12 @@ class TrialRun:
 
     def _write_results(self, model, test_data, title, timing, batch_size, test_metrics,
                        tags):
+        with _RESULTS:
+            self._write_results_now(model, test_data, title, timing, batch_size,
+                                    test_metrics, tags)
+
+    def _write_results_now(self, model, test_data, title, timing, batch_size, test_metrics,
+                           tags):
         test_loss, test_accuracy = test_metrics or model.evaluate(
             *test_data, batch_size=batch_size, verbose=0)
         step = self.epochs[-1] if self.epochs else 0
