@@ -125,24 +125,24 @@ class _Chain:
         Also keeps the kernels' masks of real weights (`real`)."""
         lr = np.array([c.learning_rate for c in self.configs], np.float32)
         last = [units[c.hidden_layers, i] for i, c in enumerate(self.configs)]
-        outs, self.real = [], []
+        real, outs = [], []
         for layer in range(len(kernels)):
             out = units[layer + 1] if layer < self.depth else np.ones((self.size, OUTPUTS))
             if layer == 0:
                 into = np.ones((self.size, INPUTS), np.float32)
             else:
                 into = units[layer] if layer < self.depth else np.stack(last)
-            self.real.append(tf.constant((into[:, :, None] * out[:, None, :]).astype(np.float32)))
+            real.append(into[:, :, None] * out[:, None, :])
             outs.append(out[:, None, :])
+        self.real = [tf.constant(r.astype(np.float32)) for r in real]
         self.alpha = 1.0
         if self.silent and len(set(lr)) == 1:  # One scalar rate for the whole pack.
             self.alpha, self.factors = float(lr[0]), [None] * len(self.variables)
         elif self.silent:
             self.factors = [tf.constant(lr[:, None, None])] * len(self.variables)
         else:
-            masks = list(self.real) + outs
             self.factors = [tf.constant((lr[:, None, None] * m).astype(np.float32))
-                            for m in masks]
+                            for m in real + outs]
 
     # -- the network ---------------------------------------------------------------
 

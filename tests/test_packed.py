@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.model import build_model
-from pipeline.packed import PackedNetworks, keras_batch_order, packable
+from pipeline.packed import PAD_BIAS, PackedNetworks, keras_batch_order, packable
 from pipeline.space import TrialConfig
 
 EPOCHS = 2
@@ -31,13 +31,13 @@ def alone(cfg, seed, data):
     return history.history, model
 
 
-def packed(configs, seeds, data):
+def packed(configs, seeds, data, chains=None):
     models, orders = [], []
     for cfg, seed in zip(configs, seeds, strict=True):
         keras.utils.set_random_seed(seed)
         models.append(build_model(cfg))
         orders.append(keras_batch_order(N))
-    network = PackedNetworks(configs, models, orders)
+    network = PackedNetworks(configs, models, orders, chains=chains)
     x, y = tf.constant(data.x_train[:N]), tf.constant(data.y_train[:N])
     history = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
     for _ in range(EPOCHS):
@@ -58,11 +58,9 @@ def trained(small_mnist):
     return packed(CONFIGS, SEEDS, small_mnist)
 
 
-def test_each_member_trains_as_it_would_alone(small_mnist, trained):
-    seeds = SEEDS
-    network, history = trained
-    for index, (cfg, seed) in enumerate(zip(CONFIGS, seeds, strict=True)):
-        expected, model = alone(cfg, seed, small_mnist)
+def assert_as_alone(configs, seeds, data, network, history):
+    for index, (cfg, seed) in enumerate(zip(configs, seeds, strict=True)):
+        expected, model = alone(cfg, seed, data)
         for key in ("loss", "val_loss"):
             assert history[key][:, index] == pytest.approx(expected[key], rel=1e-4), key
         for key in ("accuracy", "val_accuracy"):
@@ -70,6 +68,45 @@ def test_each_member_trains_as_it_would_alone(small_mnist, trained):
         for got, want in zip(network.member_weights(index), model.get_weights(), strict=True):
             assert got.shape == want.shape
             assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_each_member_trains_as_it_would_alone(small_mnist, trained):
+    # Own learning rates and momenta (sigmoid: silent padding, per-member rates).
+    assert_as_alone(CONFIGS, SEEDS, small_mnist, *trained)
+
+
+@pytest.mark.parametrize("activation, momentum", [("sigmoid", 0.0), ("tanh", 0.9)])
+def test_members_sharing_a_rate_train_as_alone(small_mnist, activation, momentum):
+    """One rate for the pack: sigmoid pads with silent units and applies the rate as
+    a scalar; tanh (never silent) masks its updates instead."""
+    configs = [config(units, 0.1, momentum, activation) for units in ([9, 3, 7], [5, 8], [4])]
+    network, history = packed(configs, SEEDS, small_mnist)
+    assert_as_alone(configs, SEEDS, small_mnist, network, history)
+
+
+def test_chains_split_a_pack_without_changing_a_member(small_mnist, trained):
+    """One chain, or one per member: the same training, member by member."""
+    _, history = trained
+    for chains in (1, len(CONFIGS)):
+        network, split = packed(CONFIGS, SEEDS, small_mnist, chains=chains)
+        assert len(network.chains) == chains
+        for key, values in split.items():
+            assert values == pytest.approx(history[key], rel=1e-5, abs=1e-6), (chains, key)
+
+
+def test_padding_stays_silent_and_zero(small_mnist, trained):
+    """Padded weights never move: a padded unit's bias stays PAD_BIAS, so the unit
+    outputs exactly 0, and its weights keep their zeros."""
+    network, _ = trained
+    for chain in network.chains:
+        for layer, (kernel, real) in enumerate(zip(chain.kernels, chain.real, strict=True)):
+            assert np.all(kernel.numpy()[real.numpy() == 0] == 0), layer
+        for layer in range(chain.depth):
+            units = np.array([c.units[layer] if layer < c.hidden_layers else 0
+                              for c in chain.configs])
+            bias = chain.biases[layer].numpy()[:, 0, :]
+            padded = np.arange(chain.width)[None, :] >= units[:, None]
+            assert np.all(bias[padded] == PAD_BIAS), layer
 
 
 def test_a_diverging_member_leaves_its_pack_mates_alone(small_mnist):
