@@ -8,8 +8,9 @@ from pipeline.search.packing import CPU_MAX_PACK, choose_pack
 
 @pytest.mark.parametrize("name, pack", [
     ("part1-wide", 1), ("part1-narrow", 1),  # Part One's epochs are timed alone.
-    ("part2-narrow", 5),  # Narrow layers: as many as the sweep's 5 trials.
-    ("part2-medium", 1), ("part2-wide", 1), ("activation", 1), ("part3", 1),  # Wide.
+    # Layers of up to CPU_MAX_WIDTH units: as many as the sweep's trials, up to 8.
+    ("part2-narrow", 5), ("part2-medium", 5), ("part2-wide", 5), ("activation", 8),
+    ("part3", 1),  # Its SGD schedule and early stopping train each trial alone.
 ])
 def test_default_pack_on_this_cpu(name, pack):
     spec = specfile.load(name)

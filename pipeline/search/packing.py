@@ -27,11 +27,11 @@ from pipeline.model import EVAL_BATCH_SIZE
 from pipeline.search import distributed, internals
 from pipeline.tracking import datasets, names, runs, trial_run
 
-# On the CPU a step's fixed cost dominates only for narrow networks: with wider
-# layers a pack's arithmetic (every layer padded to the pack's widest) grows faster
-# than the steps it saves (bench/bench_packing.py: part2-narrow 2.1x, part2-medium,
-# layers of 10-49 units, 0.84x).
-CPU_MAX_WIDTH = 16
+# On the CPU, past about 100 units a layer, a member's arithmetic (every layer padded
+# to the pack's widest) outweighs the step costs a pack saves: part2-wide (50-100
+# units) still trains 1.2x as many trials an hour packed, part2-medium 1.6x,
+# part2-narrow 2.8x (bench/bench_packing.py, 2 cores).
+CPU_MAX_WIDTH = 100
 CPU_MAX_PACK = 8  # Past 8, each member's share of a step grows again here.
 GPU_MAX_PACK = 32
 MEMORY_BUDGET = 2 * 1024 ** 3  # Bytes of weights, momenta and activations per pack.
