@@ -17,7 +17,7 @@ LAYERS = [
     {"errors", "tracking.names"},
     {"spec", "data", "device", "progress"},
     {"specfields", "specfile", "space", "schedule"},
-    {"model", "stopping", "gradients", "plots", "tracking.server", "packed", "search.auth",
+    {"model", "stopping", "gradients", "plots", "tracking.server", "chain", "packed", "search.auth",
      "tracking.system_metrics"},
     {"tracking.runs", "tracking.trial_run", "tracking.datasets"},
     {"tracking.registry"},

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline.chain import PAD_BIAS
 from pipeline.model import build_model
-from pipeline.packed import PAD_BIAS, PackedNetworks, keras_batch_order, packable
+from pipeline.packed import PackedNetworks, keras_batch_order, packable
 from pipeline.space import TrialConfig
 
 EPOCHS = 2
