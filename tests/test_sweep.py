@@ -158,18 +158,22 @@ def test_diverging_trial_fails_with_reason_and_the_sweep_goes_on(
     assert parents[0].data.tags[names.BEST_TRIAL] == by_lr[0.01].data.tags[names.TRIAL_ID]
 
 
+@pytest.mark.parametrize("pack, failed", [(1, 2), (3, 3)])
 def test_sweep_stops_after_consecutive_failures_with_a_clear_message(
-        runner, client, mnist_path, tmp_path):
+        runner, client, mnist_path, tmp_path, pack, failed):
+    # Alone, the sweep stops at the limit; packed, the pack that reached it trains
+    # (and fails) whole, and no other pack starts.
     spec = tmp_path / "diverging.yaml"
     spec.write_text(
         "name: diverging\ndescription: every trial diverges\n"
         "search_space: {hidden_layers: 2, units: {min: 60, max: 70}, activation: relu,\n"
         "               learning_rate: 1000000.0}\n"
         "tuner: {max_trials: 6, max_consecutive_failed_trials: 2}\n")
-    result = runner.invoke(cli, ["sweep", str(spec), "--data", mnist_path, *SMALL])
+    result = runner.invoke(cli, ["sweep", str(spec), "--data", mnist_path, *SMALL,
+                                 "--pack", str(pack)])
     assert result.exit_code == 1
-    assert ("Error: stopped after 2 failed trials in a row; the last: "
+    assert (f"Error: stopped after {failed} failed trials in a row; the last: "
             "FailedTrialError: loss became NaN") in result.output
     parents, children = runs_of(client, "diverging")
     assert parents[0].info.status == "FAILED"
-    assert [r.info.status for r in children] == ["FAILED", "FAILED"]
+    assert [r.info.status for r in children] == ["FAILED"] * failed

@@ -48,9 +48,18 @@ class ConstrainedOracle:
         try:
             super()._check_consecutive_failures()
         except RuntimeError as e:
-            self.stopped = (f"stopped after {self.max_consecutive_failed_trials} failed "
+            self.stopped = (f"stopped after {self._failures_in_a_row()} failed "
                             f"trials in a row; the last: {failure_reason(str(e))}")
             raise SweepStopped(self.stopped) from None
+
+    def _failures_in_a_row(self):
+        """The longest run of FAILED trials in end order: more than the limit when a
+        pack's trials (or several workers' trials) failed together."""
+        longest = run = 0
+        for trial_id in self.end_order:
+            run = run + 1 if self.trials[trial_id].status == TrialStatus.FAILED else 0
+            longest = max(longest, run)
+        return longest
 
     @synchronized
     def end_trial(self, trial):

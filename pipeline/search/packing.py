@@ -22,6 +22,7 @@ from keras_tuner.engine.trial import TrialStatus
 
 from pipeline import packed
 from pipeline.device import device_arrays
+from pipeline.errors import SweepStopped
 from pipeline.gradients import PROBE_SIZE
 from pipeline.model import EVAL_BATCH_SIZE
 from pipeline.search import distributed, internals
@@ -126,9 +127,16 @@ def run_pack(tuner, group, dataset):
     if members:
         status.update(_train(tuner, members, dataset, start))
     # One at a time, so the oracle never sees a completed trial it has not scored.
+    # Every trial of the pack is ended, even once the oracle stops the sweep.
+    stopped = None
     for trial, _ in group:
         trial.status = status[trial.trial_id]
-        tuner.on_trial_end(trial)
+        try:
+            tuner.on_trial_end(trial)
+        except SweepStopped as e:
+            stopped = e
+    if stopped is not None:
+        raise stopped
 
 
 def _already_finished(tuner, trial, run_id, metrics):
