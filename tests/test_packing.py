@@ -1,11 +1,16 @@
 """Packed trials through the whole pipeline: each trial as if trained alone, each its
 own MLflow run, a diverging trial failing alone."""
 
+import os
+import subprocess
+import sys
+
 import mlflow
 import numpy as np
 import pytest
 
 from pipeline.cli import cli
+from pipeline.search.packing import CPU_MAX_PACK
 from pipeline.tracking import names
 from pipeline.tracking import runs as runs_module
 
@@ -86,3 +91,25 @@ def test_a_diverging_trial_fails_alone_and_its_pack_mate_finishes(
     parent = client.get_run(finished.data.tags[names.PARENT_RUN])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags[names.BEST_TRIAL] == finished.data.tags[names.TRIAL_ID]
+
+
+def peak_rss_of_sweep(mnist_path, trials, directory):
+    """Runs a part2-narrow sweep (default pack) in its own process; its peak RSS in MiB."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "sweep", "part2-narrow", "--data", mnist_path,
+         "--train-limit", "500", "--epochs", "1", "--max-trials", str(trials),
+         "--experiment", directory, "--directory", directory],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out[-2000:]
+    return usage.ru_maxrss / 1024
+
+
+def test_a_packed_30_trial_sweep_peaks_within_1_2x_the_memory_of_a_3_trial_one(
+        client, mnist_path, workdir):
+    few = peak_rss_of_sweep(mnist_path, 3, "few")
+    many = peak_rss_of_sweep(mnist_path, 30, "many")
+    sizes = [int(r.data.tags[names.PACK_SIZE]) for r in trials(client, "many").values()]
+    assert len(sizes) == 30 and max(sizes) == CPU_MAX_PACK  # Packed, as big as allowed.
+    assert many <= 1.2 * few, f"30 trials peaked at {many:.0f} MiB, 3 at {few:.0f} MiB"

@@ -30,8 +30,8 @@ from pipeline.tracking import datasets, names, runs, trial_run
 
 # On the CPU, past about 100 units a layer, a member's arithmetic (every layer padded
 # to the pack's widest) outweighs the step costs a pack saves: part2-wide (50-100
-# units) still trains 1.2x as many trials an hour packed, part2-medium 1.6x,
-# part2-narrow 2.8x (bench/bench_packing.py, 2 cores).
+# units) still trains 1.1-1.2x as many trials an hour packed, part2-medium 1.4-1.6x,
+# part2-narrow 2.7-2.8x (bench/bench_packing.py, 2 cores, 2026-11-24).
 CPU_MAX_WIDTH = 100
 CPU_MAX_PACK = 8  # Past 8, each member's share of a step grows again here.
 GPU_MAX_PACK = 32
