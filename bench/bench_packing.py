@@ -11,6 +11,11 @@ per hour is the number of FINISHED trial runs over the window from the first tri
 run's start to the last one's end, as MLflow recorded them; the ratio is packed
 over alone. It also prints the largest per-epoch difference of each trial's
 `loss`/`val_loss` (relative) and `accuracy`/`val_accuracy` (points) between the two.
+
+`exercise` (one of the default `--specs`) runs the whole exercise (`python -m pipeline
+exercise`, what `mlflow run . -e main` runs) with `--pack 1` and with its default
+packs, and prints the wall time of each, their ratio, and each sweep's best
+`val_accuracy` both ways (the answers).
 """
 
 from __future__ import annotations
@@ -35,7 +40,17 @@ from bench_trials import (  # noqa: E402
 
 TARGETS = {"part2-narrow": 4.0, "part2-medium": 4.0, "part2-wide": 4.0, "part1-narrow": 1.5,
            "part1-wide": 0.95, "part3": 0.95}
+EXERCISE_TARGET = 0.75  # Wall time, default packs over --pack 1: at most.
 EPOCH_KEYS = ("loss", "val_loss", "accuracy", "val_accuracy")
+
+
+def overrides(args):
+    """The command-line options that override every spec's settings."""
+    command = []
+    for option in ("max_trials", "epochs", "train_limit"):
+        if getattr(args, option):
+            command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+    return command
 
 
 def sweep(spec, pack, args, workdir, tag):
@@ -44,10 +59,7 @@ def sweep(spec, pack, args, workdir, tag):
     experiment = f"{tag}-{time.time_ns()}"
     command = [sys.executable, "-m", "pipeline", "sweep", spec, "--data", args.data,
                "--experiment", experiment, "--directory", str(Path(workdir) / tag),
-               "--pack", str(pack)]
-    for option in ("max_trials", "epochs", "train_limit"):
-        if getattr(args, option):
-            command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+               "--pack", str(pack), *overrides(args)]
     run_measured(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     client, runs, window = finished_trials(uri, experiment)
     histories = {r.data.tags["trial_id"]: {
@@ -69,16 +81,16 @@ def differences(alone, packed):
     return loss, accuracy
 
 
-def default_pack(spec_name):
+def default_pack(spec_name, max_trials=0):
     from pipeline import space, specfile
     from pipeline.search.packing import choose_pack
 
-    spec = specfile.load(spec_name)
+    spec = specfile.load(spec_name).with_overrides(max_trials=max_trials)
     return choose_pack(spec, space.build(spec))
 
 
 def bench_spec(spec, args, workdir):
-    pack = args.pack or default_pack(spec)
+    pack = args.pack or default_pack(spec, args.max_trials)
     if pack == 1:
         print(f"{spec}: the default trains one trial at a time (pack 1): nothing to compare; "
               f"--pack K forces a pack")
@@ -103,10 +115,47 @@ def bench_spec(spec, args, workdir):
           f"{max(d[1] for d in diffs) * 100:.3f} points")
 
 
+def exercise(pack, args, workdir):
+    """Runs the whole exercise; returns (wall seconds, {sweep: best val_accuracy})."""
+    import mlflow
+
+    tag = f"exercise-pack-{pack}"
+    uri = f"sqlite:///{Path(workdir) / f'{tag}.db'}"
+    command = [sys.executable, "-m", "pipeline", "exercise", "--data", args.data,
+               "--experiment", tag, "--directory", str(Path(workdir) / tag),
+               "--out", str(Path(workdir) / f"{tag}-report"), "--pack", str(pack),
+               *overrides(args)]
+    _, _, wall = run_measured(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(tag).experiment_id],
+                              "attributes.status = 'FINISHED' and tags.trial_id != ''")
+    best = {}
+    for run in runs:
+        name = run.data.tags["sweep"]
+        best[name] = max(best.get(name, 0.0), run.data.metrics["val_accuracy"])
+    return wall, best
+
+
+def bench_exercise(args, workdir):
+    print("exercise (python -m pipeline exercise, as mlflow run . -e main):")
+    alone_wall, alone = exercise(1, args, workdir)
+    packed_wall, packed = exercise(0, args, workdir)
+    ratio = packed_wall / alone_wall
+    met = "met" if ratio <= EXERCISE_TARGET else "NOT met"
+    print(f"  wall time --pack 1 {alone_wall:.0f} s, default packs {packed_wall:.0f} s, "
+          f"ratio {ratio:.2f} [target <= {EXERCISE_TARGET:g}: {met}]")
+    for name in sorted(set(alone) | set(packed)):
+        a, p = alone.get(name, float("nan")), packed.get(name, float("nan"))
+        print(f"  {name}: best val_accuracy --pack 1 {a:.4f}, default {p:.4f} "
+              f"(difference {abs(a - p) * 100:.2f} points)")
+
+
 def main():
     parser = bench_parser(__doc__)
-    parser.add_argument("--specs", nargs="+", default=list(TARGETS),
-                        help="specs to compare (default: the exercise's)")
+    parser.add_argument("--specs", nargs="+", default=[*TARGETS, "exercise"],
+                        help="specs to compare, and `exercise` for the whole exercise "
+                             "(default: all of them)")
     parser.add_argument("--pack", type=int, default=0, help="K (default: the spec's choice)")
     parser.add_argument("--max-trials", type=int, default=0, help="override the spec's")
     parser.add_argument("--epochs", type=int, default=0, help="override the spec's")
@@ -114,12 +163,16 @@ def main():
     parser.add_argument("--reps", type=int, default=1, help="repetitions, alternating")
     args = parse_bench_args(parser)
     if args.quick:
-        args.specs, args.max_trials, args.epochs, args.train_limit = ["part2-narrow"], 2, 1, 2000
+        args.specs, args.max_trials, args.epochs, args.train_limit = (
+            ["part2-narrow", "exercise"], 2, 1, 2000)
     print(f"# bench_packing on {platform.node() or 'this machine'}: {os.cpu_count()} cores, "
           f"Python {platform.python_version()}{' (quick mode)' if args.quick else ''}")
     with tempfile.TemporaryDirectory() as workdir:
         for spec in args.specs:
-            bench_spec(spec, args, workdir)
+            if spec == "exercise":
+                bench_exercise(args, workdir)
+            else:
+                bench_spec(spec, args, workdir)
 
 
 if __name__ == "__main__":

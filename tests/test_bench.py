@@ -36,6 +36,9 @@ def test_packing_benchmark_quick_mode_prints_the_ratio_and_the_differences(mnist
     (line,) = [x for x in out.splitlines() if x.startswith("part2-narrow:")]
     assert "--pack 1" in line and "ratio" in line and "[target >= 4" in line
     assert "largest per-epoch difference packed vs alone" in out
+    (line,) = [x for x in out.splitlines() if "wall time --pack 1" in x]
+    assert "ratio" in line and "[target <= 0.75" in line
+    assert "part3: best val_accuracy --pack 1" in out
 
 
 def test_part3_benchmark_quick_mode_prints_the_ratio_to_plain_keras(mnist_path, workdir):
