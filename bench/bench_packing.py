@@ -82,11 +82,13 @@ def differences(alone, packed):
 
 
 def default_pack(spec_name, max_trials=0):
-    from pipeline import space, specfile
+    """The pack a sweep of this spec alone chooses (with the threads it would use)."""
+    from pipeline import device, model, space, specfile
     from pipeline.search.packing import choose_pack
 
     spec = specfile.load(spec_name).with_overrides(max_trials=max_trials)
-    return choose_pack(spec, space.build(spec))
+    built = space.build(spec)
+    return choose_pack(spec, built, threads=device.cpu_threads(model.compute_bound(built)))
 
 
 def bench_spec(spec, args, workdir):

@@ -34,7 +34,7 @@ def configure(mixed_precision=False, threads=0, compute_bound=False):
     """
     gpus = tf.config.list_physical_devices("GPU")
     if not threads and not gpus:
-        threads = max(1, (os.cpu_count() or 1) - (not compute_bound))
+        threads = cpu_threads(compute_bound)
     if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -53,6 +53,11 @@ def configure(mixed_precision=False, threads=0, compute_bound=False):
     names = ", ".join(g.name.replace("/physical_device:", "") for g in gpus)
     precision = ", mixed precision" if mixed_precision else ""
     return f"{len(gpus)} GPU ({names}{precision})"
+
+
+def cpu_threads(compute_bound):
+    """The threads `configure` gives TensorFlow's operations on a CPU by default."""
+    return max(1, (os.cpu_count() or 1) - (not compute_bound))
 
 
 @functools.lru_cache(maxsize=2)

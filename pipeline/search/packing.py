@@ -14,6 +14,7 @@ on; an error in one member's logging fails only that member's run. An interrupt
 
 from __future__ import annotations
 
+import os
 import time
 
 import keras_tuner
@@ -38,16 +39,23 @@ GPU_MAX_PACK = 32
 MEMORY_BUDGET = 2 * 1024 ** 3  # Bytes of weights, momenta and activations per pack.
 
 
-def choose_pack(spec, space, requested=0):
+def choose_pack(spec, space, requested=0, threads=None):
     """How many trials train at once: `requested`, else the spec's `tuner.pack`, else
     chosen from the model size and the device.
 
     Chosen: 1 for Part One (the exercise asks how long an epoch of each model takes
     alone), for Hyperband (its trials continue earlier models), with early stopping
     or the divergence guard (each trial stops on its own) and, on a CPU, for
-    layers wider than `CPU_MAX_WIDTH`; else as many as the budget of trials, up to
+    layers wider than `CPU_MAX_WIDTH` or when TensorFlow's operations run on more
+    than one thread each (`threads`: TensorFlow's intra-op threads, read from its
+    settings when None); else as many as the budget of trials, up to
     `CPU_MAX_PACK` (`GPU_MAX_PACK` on a GPU), and never more than fit in
     `MEMORY_BUDGET`.
+
+    A pack runs many small operations, on a CPU one chain per core: split over
+    threads as well, its epochs took 2-3x longer here (part2-medium, 2 cores). So a
+    sweep that sets TensorFlow to every core (`exercise`, whose part1-wide and part3
+    need them) trains its trials one at a time on a CPU.
     """
     import tensorflow as tf
 
@@ -56,8 +64,10 @@ def choose_pack(spec, space, requested=0):
     _, most = space.param_bounds()
     gpu = bool(tf.config.list_physical_devices("GPU"))
     stops = spec.training.early_stopping or spec.training.divergence_guard
+    if threads is None:
+        threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
     if spec.part == 1 or spec.tuner.algorithm == "hyperband" or stops or (
-            not gpu and space.max_units > CPU_MAX_WIDTH):
+            not gpu and (space.max_units > CPU_MAX_WIDTH or threads > 1)):
         return 1
     widest = max(space.max_units, 10)
     per_member = 4 * (3 * most + 4 * spec.training.batch_size * widest * space.max_layers)
