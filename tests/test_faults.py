@@ -85,14 +85,15 @@ def test_strangers_and_bogus_requests_change_nothing_and_the_sweep_finishes(
 def test_a_worker_terminated_after_its_last_trial_leaves_its_run_whole(
         tracking_server, client, workdir, mnist_path):
     port = free_port()
-    chief = start(mnist_path, workdir, port, 1)
+    # The chief waits for the terminated worker until --worker-timeout before it ends.
+    chief = start(mnist_path, workdir, port, 1, "--worker-timeout", "20")
     worker = start(mnist_path, workdir, port, 1, role="worker", worker_id="w1")
     # The worker reports its trial only once its run is whole: the moment the chief
     # knows the trial ended, the run is FINISHED with its model.
     wait_for(lambda: "trial 0 (1/1)" in worker.text, 300, "the worker to end trial 0")
     worker.signal_group(signal.SIGTERM)
     worker.process.wait(timeout=60)
-    assert chief.wait(timeout=120) == 0, chief.text
+    assert chief.wait(timeout=180) == 0, chief.text
     _, (run,) = check_complete(client, 1, epochs=10)
     assert names.CURVES in {a.path for a in client.list_artifacts(run.info.run_id)}
     model = mlflow.keras.load_model(runs_module.model_uri(run.info.run_id))

@@ -206,7 +206,11 @@ def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0,
                         on_lost(None, trial, False)
             if getattr(oracle, "stopped", None):
                 raise SweepStopped(oracle.stopped)
-            if servicer.stop_triggered and internals.chief_may_exit(oracle):
+            # Over once a worker was told so, or once every trial was handed out: a
+            # worker that ended the last trial and died before asking again (SIGTERM)
+            # is never told, and must not keep the chief waiting.
+            over = servicer.stop_triggered or getattr(oracle, "budget_spent", bool)()
+            if over and internals.chief_may_exit(oracle):
                 return
     finally:
         server.stop(grace=5)
