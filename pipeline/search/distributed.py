@@ -209,7 +209,7 @@ def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0,
             # Over once a worker was told so, or once every trial was handed out: a
             # worker that ended the last trial and died before asking again (SIGTERM)
             # is never told, and must not keep the chief waiting.
-            over = servicer.stop_triggered or getattr(oracle, "budget_spent", bool)()
+            over = servicer.stop_triggered or oracle.budget_spent()
             if over and internals.chief_may_exit(oracle):
                 return
     finally:
