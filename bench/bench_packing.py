@@ -83,8 +83,10 @@ def differences(alone, packed):
 
 def default_pack(spec_name, max_trials=0):
     """The pack a sweep of this spec alone chooses (with the threads it would use)."""
-    from pipeline import device, model, space, specfile
+    from pipeline import space
     from pipeline.search.packing import choose_pack
+    from pipeline.spec import load as specfile
+    from pipeline.training import device, model
 
     spec = specfile.load(spec_name).with_overrides(max_trials=max_trials)
     built = space.build(spec)

@@ -45,7 +45,7 @@ tuner: {{algorithm: grid, max_trials: 1, seed: {seed}}}
 
 
 def plain(args):
-    from pipeline.search.tuner import trial_seed
+    from pipeline.search.lifecycle import trial_seed
 
     command = [sys.executable, "bench/plain_fit.py", "--epochs", str(args.epochs),
                "--seed", str(trial_seed(SEED, 0)), "--data", args.data]

@@ -40,7 +40,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SEED = 1  # The spec seed; trial 0 trains with pipeline.search.tuner.trial_seed(SEED, 0).
+SEED = 1  # The spec seed; trial 0 trains with pipeline.search.lifecycle.trial_seed(SEED, 0).
 TOLERANCE = 1e-4  # Relative; float32 sums in a different order differ in ~1e-6.
 
 SPEC = """\
@@ -78,7 +78,7 @@ def finished_trials(uri, experiment):
 
 
 def plain_loop(units, epochs, data, train_limit):
-    from pipeline.search.tuner import trial_seed
+    from pipeline.search.lifecycle import trial_seed
 
     command = [sys.executable, "bench/plain_loop.py", "--units", str(units), "--epochs",
                str(epochs), "--seed", str(trial_seed(SEED, 0)), "--data", data]
@@ -178,9 +178,9 @@ def bench_gradients(args, workdir):
     import keras
 
     from pipeline import data
-    from pipeline.gradients import GradientProbe
-    from pipeline.model import build_model
     from pipeline.space import TrialConfig
+    from pipeline.training.gradients import GradientProbe
+    from pipeline.training.model import build_model
 
     print("\n## Gradient logging: seconds per epoch of the probe (snapshot on the training "
           "thread, measure on the logging thread) / of training an epoch")

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 from pipeline import data  # noqa: E402
-from pipeline.model import kernel_initializer  # noqa: E402
+from pipeline.training.model import kernel_initializer  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -4,6 +4,6 @@ import os
 # the progress lines; TF_CPP_MIN_LOG_LEVEL=0 brings them back.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from pipeline.cli import main  # noqa: E402
+from pipeline.cli.commands import main  # noqa: E402
 
 main()

@@ -44,6 +44,24 @@ class DataError(InputError):
     param = "'--data'"
 
 
+class TokenMissing(InputError):
+    """A chief or worker was started without the oracle's token."""
+
+    param = "MNIST_SWEEPS_ORACLE_TOKEN"
+
+
+class BadToken(InputError):
+    """The oracle's token (or its file) cannot be used."""
+
+    param = "'--oracle-token-file'"
+
+
+class BadTrackingUri(InputError):
+    """`MLFLOW_TRACKING_URI` is not a URI a tracking server can have."""
+
+    param = "MLFLOW_TRACKING_URI"
+
+
 class TrackingUnavailable(PipelineError):
     """The tracking server does not answer; the message says where and what to do."""
 
@@ -86,6 +104,12 @@ def disk_full(error):
 
 class OracleLost(PipelineError):
     """A worker lost its connection to the chief's oracle."""
+
+
+class Superseded(Exception):
+    """A worker's trial run that another worker's run of the same trial replaces (its
+    trial was re-issued while this worker was taken for lost). Not a user error: the
+    reason a run ends KILLED."""
 
 
 class Interrupted(BaseException):

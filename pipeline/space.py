@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pipeline.data import NUM_CLASSES, NUM_PIXELS
 from pipeline.errors import SpecError
-from pipeline.spec import Choice, Range, Spec
+from pipeline.spec.schema import Choice, Range, Spec
 
-INPUTS = 784
-OUTPUTS = 10
 OPTIMIZER = "SGD"
 LOSS = "categorical_crossentropy"
 WARMUP_SCHEDULES = ["constant", "cosine"]  # A step schedule starts at its full rate.
@@ -40,7 +39,7 @@ def count_params(units):
     Returns:
         A `ParamCount`; `total` equals Keras' `model.count_params()`.
     """
-    widths = [INPUTS, *units, OUTPUTS]
+    widths = [NUM_PIXELS, *units, NUM_CLASSES]
     weights = sum(a * b for a, b in zip(widths, widths[1:], strict=False))
     return ParamCount(weights=weights, biases=sum(widths[1:]))
 
@@ -264,3 +263,28 @@ def _declare(hp, name, searched, default=None):
 def _round_up(value, start, step):
     """The smallest `start + k*step` that is >= value."""
     return start + math.ceil((value - start) / step) * step
+
+
+def check_reachable(spec):
+    """Refuses a `min_trainable_params` above the largest network of the search space.
+
+    Arithmetic, at once: call it before `space.build`, whose search for a feasible
+    configuration would find the same only after trying every depth and width.
+
+    Raises:
+        SpecError: naming the file, the field and the most it can be.
+    """
+    s, c = spec.search_space, spec.constraints
+    layers = _top(max(s.hidden_layers.min, c.min_hidden_layers),
+                  min(s.hidden_layers.max, c.max_hidden_layers or math.inf), s.hidden_layers.step)
+    units = _top(s.units.min, min(s.units.max, c.max_units or math.inf), s.units.step)
+    largest = count_params([units] * layers).total
+    if c.min_trainable_params > largest:
+        raise SpecError(f"{spec.path or spec.name}: constraints.min_trainable_params: expected "
+                        f"at most {largest:,} (the largest network here: {layers} hidden "
+                        f"layers of {units} units), got {c.min_trainable_params:,}")
+
+
+def _top(start, high, step):
+    """The largest of start, start + step, ... that is at most `high` (as Keras Tuner's)."""
+    return start + (int(high) - start) // step * step

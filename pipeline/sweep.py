@@ -21,12 +21,12 @@ import mlflow
 
 from pipeline import space as space_module
 from pipeline.errors import DiskFull, Interrupted, OracleLost, PipelineError, SweepBusy, disk_full
-from pipeline.model import CompileOptions
 from pipeline.progress import Progress
 from pipeline.search import distributed, packing, state_files
 from pipeline.search.tuner import SweepTuner
 from pipeline.tracking import datasets, names, registry, runs, server, system_metrics
 from pipeline.tracking.trial_run import one_line
+from pipeline.training.model import CompileOptions
 
 DEFAULT_DIRECTORY = "kt_sweeps"
 # How long a worker that finds its sweep finished waits for a chief to reopen it.
@@ -119,7 +119,7 @@ def _run_worker(spec, space, dataset, project, settings):
     progress.say(f"worker for {project} on {settings.devices}"
                  + (f", up to {pack} trials at once" if pack > 1 else "") + ", oracle at "
                  f"{os.environ[distributed.ENV_IP]}:{os.environ[distributed.ENV_PORT]}")
-    if _already_finished(settings.experiment, project):
+    if _stays_finished(settings.experiment, project):
         progress.say("the sweep already finished and no chief reopened it: nothing to do")
         return Result(spec.name, None, None, None, True)
     try:
@@ -130,7 +130,7 @@ def _run_worker(spec, space, dataset, project, settings):
     return Result(spec.name, tuner.parent.run_id, None, None, False)
 
 
-def _already_finished(experiment, project, wait_seconds=FINISHED_WAIT_SECONDS):
+def _stays_finished(experiment, project, wait_seconds=FINISHED_WAIT_SECONDS):
     """Whether the sweep stays finished: a chief extending it reopens it within
     `wait_seconds` (a nightly job's worker may start before its chief)."""
     deadline = time.monotonic() + wait_seconds
@@ -162,7 +162,7 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
             progress.say(f"already finished: {len(tuner.oracle.trials)} trials in MLflow run "
                          f"{parent.run_id if parent else '?'}; --max-trials N extends it")
             best = parent and tuner.best_trial()
-            if best and best[2] and settings.register:  # A champion not yet registered.
+            if best and best.run_id and settings.register:  # A champion not yet registered.
                 _crown(settings.experiment, spec.name, best, progress)
             return Result(spec.name, parent and parent.run_id, None, None, True)
         parent = runs.open_parent(spec, settings.experiment, project_dir, launcher_run_id,
@@ -177,9 +177,9 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
             f"experiment {settings.experiment!r}"
             + ("; serving the oracle to workers" if distributed.role() == "chief" else ""))
         best = _search(tuner, dataset, parent, progress, system_metrics.start(parent.run_id))
-        if best and best[2] and settings.register:
+        if best and best.run_id and settings.register:
             _crown(settings.experiment, spec.name, best, progress)
-    return Result(spec.name, parent.run_id, best and best[0], best and best[1],
+    return Result(spec.name, parent.run_id, best and best.trial_id, best and best.val_accuracy,
                   parent.resumed)
 
 
@@ -217,14 +217,14 @@ def _exclusive(lock_path, name):
 def _crown(experiment, sweep_name, best, progress):
     """Registers the best trial's model as the sweep's champion (Model Registry)."""
     try:
-        champion = registry.register_champion(experiment, sweep_name, best[2])
+        champion = registry.register_champion(experiment, sweep_name, best.run_id)
     except Exception as e:  # noqa: BLE001 - the sweep itself finished; say so, go on.
         progress.say(f"could not register the champion: {one_line(e)}; the same command "
                      "registers it")
         return
     if champion:
         progress.say(f"champion: models:/{champion[0]}@{registry.ALIAS} (version "
-                     f"{champion[1]}, trial {best[0]})")
+                     f"{champion[1]}, trial {best.trial_id})")
 
 
 def _close(tuner, parent, status, progress):
@@ -236,7 +236,8 @@ def _close(tuner, parent, status, progress):
     except Exception as e:  # noqa: BLE001 - the sweep's own outcome matters more.
         progress.say(f"could not close MLflow run {parent.run_id}: {e}")
         return None
-    progress.say(f"{status.lower()}; best trial {best[0]} val_accuracy {best[1]:.4f}"
+    progress.say(f"{status.lower()}; best trial {best.trial_id} val_accuracy "
+                 f"{best.val_accuracy:.4f}"
                  if best else f"{status.lower()}; no trial completed")
     return best
 

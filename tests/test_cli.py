@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.cli import cli
+from pipeline.cli.commands import cli
 
 
 def test_help_everywhere(runner):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import sweep as sweep_command
+from pipeline.cli.commands import sweep as sweep_command
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = REPO / "deploy" / "task.sh"

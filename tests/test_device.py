@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from pipeline import device
+from pipeline.training import device
 
 
 def test_cpu_machine_is_described_with_its_threads():

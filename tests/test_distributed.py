@@ -18,12 +18,13 @@ import pytest
 from keras_tuner.engine.trial import Trial, TrialStatus
 from keras_tuner.src.distribute import oracle_client
 
+from pipeline import errors
 from pipeline import space as space_module
-from pipeline import specfile
 from pipeline.errors import InputError, SweepStopped
 from pipeline.search import auth, distributed, internals
 from pipeline.search.local_cluster import free_port
 from pipeline.search.oracles import make_oracle
+from pipeline.spec import load as specfile
 
 TOKEN = "a-test-token-of-the-sweep-0123456789"
 WORKER_TIMEOUT = 1.0
@@ -213,7 +214,7 @@ def test_set_role_worker_without_an_id_gets_one_of_its_own(chief_env):
 def test_set_role_refuses_a_chief_or_worker_without_a_token(chief_env):
     chief_env.delenv(auth.ENV_TOKEN)
     for role in ("chief", "worker"):
-        with pytest.raises(auth.TokenMissing, match=f"--role {role} needs the oracle's "
+        with pytest.raises(errors.TokenMissing, match=f"--role {role} needs the oracle's "
                                                     "shared token") as error:
             distributed.set_role(role, "127.0.0.1:40125", "w1")
         assert error.value.param == auth.ENV_TOKEN

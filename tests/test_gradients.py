@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.gradients import GradientProbe
-from pipeline.model import build_model
 from pipeline.space import TrialConfig
+from pipeline.training.gradients import GradientProbe
+from pipeline.training.model import build_model
 
 
 def test_probe_equals_a_direct_gradient_and_ignores_later_training(small_mnist):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pipeline.cli import _sweep_args, sweep
+from pipeline.cli.commands import _sweep_args, sweep
 from pipeline.search import local_cluster
 
 # The options `sweep` hands to the chief and to each worker unchanged.

@@ -5,9 +5,16 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from pipeline import space, specfile
-from pipeline.model import XLA_MIN_KERNEL, CompileOptions, MnistHyperModel, build_model, xla_pays
+from pipeline import space
 from pipeline.space import TrialConfig
+from pipeline.spec import load as specfile
+from pipeline.training.model import (
+    XLA_MIN_KERNEL,
+    CompileOptions,
+    MnistHyperModel,
+    build_model,
+    xla_pays,
+)
 
 
 def config(units, **kwargs):

@@ -6,8 +6,8 @@ import keras_tuner
 import pytest
 
 from pipeline import space as space_module
-from pipeline import specfile as spec_module
 from pipeline.search.oracles import make_oracle
+from pipeline.spec import load as spec_module
 from pipeline.tracking import names
 
 SPEC = """\

@@ -2,8 +2,9 @@
 
 import pytest
 
-from pipeline import space, specfile
+from pipeline import space
 from pipeline.search.packing import CPU_MAX_PACK, choose_pack
+from pipeline.spec import load as specfile
 
 
 @pytest.mark.parametrize("name, pack", [

@@ -5,7 +5,7 @@ import tomllib
 import yaml
 from conftest import REPO
 
-from pipeline.cli import cli
+from pipeline.cli.commands import cli
 
 
 def test_conda_yaml_repeats_pyproject_pins():

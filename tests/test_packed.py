@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.chain import PAD_BIAS
-from pipeline.model import build_model
-from pipeline.packed import PackedNetworks, keras_batch_order, packable
 from pipeline.space import TrialConfig
+from pipeline.training.chain import PAD_BIAS
+from pipeline.training.model import build_model
+from pipeline.training.packed import PackedNetworks, keras_batch_order, packable
 
 EPOCHS = 2
 N = 600
@@ -134,7 +134,7 @@ def test_packable_needs_one_activation_batch_size_and_epochs():
 
 
 def test_gradient_sizes_equal_the_alone_probe_for_every_member(small_mnist, trained):
-    from pipeline.gradients import PROBE_SIZE, GradientProbe
+    from pipeline.training.gradients import PROBE_SIZE, GradientProbe
 
     network, _ = trained
     x, y = small_mnist.x_train[:PROBE_SIZE], small_mnist.y_train[:PROBE_SIZE]

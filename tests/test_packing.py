@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline.cli import cli
+from pipeline.cli.commands import cli
 from pipeline.search.packing import CPU_MAX_PACK
 from pipeline.tracking import names
 from pipeline.tracking import runs as runs_module
@@ -113,3 +113,59 @@ def test_a_packed_30_trial_sweep_peaks_within_1_2x_the_memory_of_a_3_trial_one(
     sizes = [int(r.data.tags[names.PACK_SIZE]) for r in trials(client, "many").values()]
     assert len(sizes) == 30 and max(sizes) == CPU_MAX_PACK  # Packed, as big as allowed.
     assert many <= 1.2 * few, f"30 trials peaked at {many:.0f} MiB, 3 at {few:.0f} MiB"
+
+
+STOPPING_SPEC = """\
+name: packstop
+description: early stopping and the divergence guard, per member of a pack
+search_space: {hidden_layers: 1, units: {min: 16, max: 32, step: 16}, activation: sigmoid,
+               learning_rate: [0.5, 0.2, 0.001]}
+training: {epochs: 6, early_stopping: {patience: 1, min_delta: 0.03},
+           divergence_guard: {epochs: 2, below: 0.5}}
+tuner: {algorithm: random, max_trials: 6, seed: 5}
+"""
+
+
+def test_a_packed_sweep_stops_each_member_as_the_same_sweep_alone(
+        runner, client, mnist_path, tmp_path):
+    """Early stopping and the divergence guard hold per member: a member that stops
+    keeps its best epoch's model and metrics while its pack-mates go on; one stuck at
+    chance ends FAILED with the reason; everything as when each trains alone."""
+    spec = tmp_path / "packstop.yaml"
+    spec.write_text(STOPPING_SPEC)
+    args = ["--train-limit", "2000", "--max-trials", "6", "--epochs", "6"]
+    sweep(runner, mnist_path, str(spec), "alone", *args, "--pack", "1")
+    result = sweep(runner, mnist_path, str(spec), "packed", *args, "--pack", "6")
+    assert "up to 6 at once" in result.output
+    assert "Traceback" not in result.output  # Expected failures are one line each.
+    alone, packed = trials(client, "alone"), trials(client, "packed")
+    assert sorted(alone) == sorted(packed) == [str(i) for i in range(6)]
+    statuses = {r.info.status for r in alone.values()}
+    assert statuses == {"FINISHED", "FAILED"}  # The guard failed the slow learners.
+    stopped = [r for r in alone.values() if r.data.tags.get(names.STOPPED_EARLY) == "true"]
+    assert stopped, "no trial stopped early: the test would not tell the paths apart"
+    for trial_id, run in packed.items():
+        twin = alone[trial_id]
+        assert run.info.status == twin.info.status, trial_id
+        assert run.data.tags[names.PACK_SIZE] == "6"
+        steps, values = history(client, run, names.VAL_ACCURACY)
+        assert steps == history(client, twin, names.VAL_ACCURACY)[0], trial_id
+        assert values == pytest.approx(history(client, twin, names.VAL_ACCURACY)[1], abs=1e-3)
+        if run.info.status == "FAILED":
+            assert "divergence guard" in run.data.tags[names.FAILURE_REASON]
+            assert run.data.tags[names.FAILURE_REASON] == twin.data.tags[names.FAILURE_REASON]
+            continue
+        for key in (names.BEST_EPOCH,):
+            assert run.data.metrics[key] == twin.data.metrics[key], trial_id
+        assert run.data.tags[names.STOPPED_EARLY] == twin.data.tags[names.STOPPED_EARLY]
+        assert run.data.metrics[names.TEST_ACCURACY] == pytest.approx(
+            twin.data.metrics[names.TEST_ACCURACY], abs=1e-3), trial_id
+    # The oracle scored each trial by its kept epoch, packed as alone.
+    parents = {name: client.get_run(next(iter(runs.values())).data.tags[names.PARENT_RUN])
+               for name, runs in (("alone", alone), ("packed", packed))}
+    assert parents["packed"].data.metrics[names.BEST_VAL_ACCURACY] == pytest.approx(
+        parents["alone"].data.metrics[names.BEST_VAL_ACCURACY], abs=1e-3)
+    best = parents["packed"].data.tags[names.BEST_TRIAL]
+    kept = int(packed[best].data.metrics[names.BEST_EPOCH])
+    at_kept = dict(zip(*history(client, packed[best], names.VAL_ACCURACY), strict=True))[kept]
+    assert parents["packed"].data.metrics[names.BEST_VAL_ACCURACY] == pytest.approx(at_kept)

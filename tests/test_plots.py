@@ -1,14 +1,14 @@
 """The exercise's charts: training vs validation per epoch, and the report's plots."""
 
-from pipeline import plots
-from pipeline.tracking import names
+from pipeline.report import plots
+from pipeline.tracking import curves, names
 
 HISTORY = {names.ACCURACY: [0.5, 0.7, 0.8], names.VAL_ACCURACY: [0.55, 0.68, 0.75],
            names.LOSS: [1.2, 0.8, 0.6], names.VAL_LOSS: [1.1, 0.9, 0.8]}
 
 
 def test_training_curves_draw_training_and_validation_of_both_metrics():
-    figure = plots.training_curves([1, 2, 3], HISTORY, "a model")
+    figure = curves.training_curves([1, 2, 3], HISTORY, "a model")
     accuracy, loss = figure.axes
     assert [line.get_label() for line in accuracy.lines] == ["training", "validation"]
     assert list(accuracy.lines[1].get_ydata()) == HISTORY[names.VAL_ACCURACY]

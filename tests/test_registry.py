@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from servers import free_port, wait_for
 
-from pipeline import specfile, sweep
+from pipeline import sweep
+from pipeline.spec import load as specfile
 from pipeline.tracking import registry, runs
 
 pytestmark = pytest.mark.usefixtures("fresh_store")

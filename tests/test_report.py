@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from pipeline.cli import cli
+from pipeline.cli.commands import cli
 from pipeline.report.render import pct
 from pipeline.tracking import names
 

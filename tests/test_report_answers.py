@@ -17,7 +17,7 @@ from pipeline.report import answers as answers_module
 from pipeline.report import render
 from pipeline.report.answers import answer
 from pipeline.report.load import load_sweeps
-from pipeline.spec import EXERCISE
+from pipeline.spec.schema import EXERCISE
 from pipeline.tracking import names
 
 EXPERIMENT = "mnist-sweeps"

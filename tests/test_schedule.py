@@ -6,12 +6,14 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from pipeline import schedule, space, specfile
+from pipeline import space
 from pipeline.errors import SpecError
-from pipeline.model import build_model
 from pipeline.space import TrialConfig
+from pipeline.spec import load as specfile
 from pipeline.tracking import names
 from pipeline.tracking.trial_run import trial_params
+from pipeline.training import schedule
+from pipeline.training.model import build_model
 
 STEPS = 100  # Per epoch.
 

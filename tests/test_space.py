@@ -2,11 +2,11 @@ import keras_tuner
 import pytest
 
 from pipeline import space as space_module
-from pipeline import specfile as spec_module
 from pipeline.errors import SpecError
-from pipeline.model import build_model
 from pipeline.space import TrialConfig, count_params
+from pipeline.spec import load as spec_module
 from pipeline.tracking.trial_run import trial_params
+from pipeline.training.model import build_model
 
 
 def config(units, **kwargs):
@@ -41,7 +41,7 @@ def test_mlflow_params_hold_only_active_hyperparameters():
     params = trial_params(config([30, 20, 10], learning_rate=0.1, momentum=0.9))
     assert params == {"hidden_layers": 3, "units": "30,20,10", "activation": "sigmoid",
                       "optimizer": "SGD", "learning_rate": 0.1, "momentum": 0.9,
-                      "batch_size": 32, "epochs": 10, "loss": "categorical_crossentropy"}
+                      "batch_size": 32, "epochs": 10, "loss_function": "categorical_crossentropy"}
 
 
 def test_values_to_config_drop_inactive_layers():

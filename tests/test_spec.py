@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import specfile as spec_module
+from pipeline import space as space_module
 from pipeline.errors import SpecError
-from pipeline.model import kernel_initializer
-from pipeline.search.tuner import trial_seed
-from pipeline.spec import MAX_HIDDEN_LAYERS, MAX_SEED, MAX_TRIALS, Choice, Range
+from pipeline.search.lifecycle import trial_seed
+from pipeline.spec import load as spec_module
+from pipeline.spec.schema import MAX_HIDDEN_LAYERS, MAX_SEED, MAX_TRIALS, Choice, Range
+from pipeline.training.model import kernel_initializer
 
 SHIPPED = ["part1-wide", "part1-narrow", "part2-narrow", "part2-medium", "part2-wide",
            "part3", "activation"]
@@ -164,8 +165,8 @@ def test_min_trainable_params_above_any_network_is_refused_at_once(tmp_path):
     with pytest.raises(SpecError, match=r"custom.yaml: constraints.min_trainable_params: "
                        r"expected at most 62,721,391 \(the largest network here: 64 hidden "
                        r"layers of 991 units\), got 1,000,000,000,000,000"):
-        spec_module.check_reachable(spec)
-    spec_module.check_reachable(spec_module.load("part1-wide"))  # 300,000 of 814,090.
+        space_module.check_reachable(spec)
+    space_module.check_reachable(spec_module.load("part1-wide"))  # 300,000 of 814,090.
 
 
 def test_caps_are_allowed_and_keep_every_trial_seed_valid(tmp_path):

@@ -9,10 +9,11 @@ import os
 import pytest
 from keras_tuner.src import utils as kt_utils
 
-from pipeline import specfile, sweep
-from pipeline.cli import cli
+from pipeline import sweep
+from pipeline.cli.commands import cli
 from pipeline.errors import DiskFull, StateDamaged
 from pipeline.search import internals
+from pipeline.spec import load as specfile
 from pipeline.tracking import names, runs
 
 pytestmark = pytest.mark.usefixtures("fresh_store")

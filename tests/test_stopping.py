@@ -5,8 +5,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import specfile, sweep
-from pipeline.spec import EXERCISE
+from pipeline import sweep
+from pipeline.spec import load as specfile
+from pipeline.spec.schema import EXERCISE
 from pipeline.tracking import names, runs
 
 pytestmark = pytest.mark.usefixtures("fresh_store")
@@ -64,6 +65,13 @@ def test_early_stopping_keeps_the_best_epochs_model_and_its_metrics(
     # The oracle, and so the sweep's best, scored the trial by its kept epoch.
     parent = client.get_run(result.parent_run_id)
     assert parent.data.metrics[names.BEST_VAL_ACCURACY] == pytest.approx(val[1])
+    # Found FINISHED when a resumed sweep hands the trial out again, it is scored by
+    # its kept epoch too, not by its last logged step.
+    earlier = runs.earlier_attempts(runs.Parent(result.parent_run_id, run.info.experiment_id),
+                                    "0", names.VAL_ACCURACY)
+    assert earlier.run_id == run.info.run_id
+    assert earlier.metrics[names.VAL_ACCURACY] == pytest.approx(val[1])
+    assert earlier.metrics[names.VAL_ACCURACY] != run.data.metrics[names.VAL_ACCURACY]
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline.cli import cli
+from pipeline.cli.commands import cli
 from pipeline.tracking import names
 from pipeline.tracking import runs as runs_module
 

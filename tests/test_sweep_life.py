@@ -5,9 +5,10 @@ import fcntl
 
 import pytest
 
-from pipeline import specfile, sweep
-from pipeline.cli import cli
+from pipeline import sweep
+from pipeline.cli.commands import cli
 from pipeline.errors import SweepBusy
+from pipeline.spec import load as specfile
 from pipeline.tracking import names, runs
 
 pytestmark = pytest.mark.usefixtures("fresh_store")

@@ -7,8 +7,8 @@ import threading
 import mlflow
 import pytest
 
-from pipeline import specfile
 from pipeline.errors import ParentNotFound, TrackingUnavailable
+from pipeline.spec import load as specfile
 from pipeline.tracking import names, runs
 
 EXPERIMENT = names.DEFAULT_EXPERIMENT
@@ -213,7 +213,7 @@ def test_a_same_named_state_directory_elsewhere_supersedes_too(client, spec, wor
 
 
 def test_record_best_and_end_parent(client, parent):
-    runs.record_best(parent, "2", 0.91)
+    runs.record_best(parent, runs.Best("2", 0.91))
     run = client.get_run(parent.run_id)
     assert run.data.tags[names.BEST_TRIAL] == "2"
     assert names.BEST_RUN_ID not in run.data.tags
@@ -221,7 +221,7 @@ def test_record_best_and_end_parent(client, parent):
     assert run.info.status == "RUNNING"
 
     best_run = trial(client, parent, "5", "FINISHED")
-    runs.end_parent(parent, "FINISHED", ("5", 0.95, best_run))
+    runs.end_parent(parent, "FINISHED", runs.Best("5", 0.95, best_run))
 
     run = client.get_run(parent.run_id)
     assert run.info.status == "FINISHED"
@@ -270,7 +270,7 @@ def test_earlier_attempts_kills_a_running_one_and_returns_a_finished_one(client,
 
     done = runs.earlier_attempts(parent, "3", names.VAL_ACCURACY)
 
-    assert done == (finished, {names.VAL_ACCURACY: 0.87, names.VAL_LOSS: 0.4})
+    assert done == runs.Earlier(finished, {names.VAL_ACCURACY: 0.87, names.VAL_LOSS: 0.4})
     killed = client.get_run(running)
     assert killed.info.status == "KILLED"
     assert killed.data.tags[names.FAILURE_REASON].startswith("interrupted")

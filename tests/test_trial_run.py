@@ -7,8 +7,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import LoggingFailed
-from pipeline.gradients import GradientProbe
-from pipeline.model import build_model
 from pipeline.space import LOSS, OPTIMIZER, TrialConfig
 from pipeline.tracking import names, runs
 from pipeline.tracking.trial_run import (
@@ -18,6 +16,8 @@ from pipeline.tracking.trial_run import (
     start_trial_run,
     trial_params,
 )
+from pipeline.training.gradients import GradientProbe
+from pipeline.training.model import build_model
 
 CONFIG = TrialConfig(units=(8,), activation="sigmoid", learning_rate=0.1, momentum=0.0,
                      batch_size=32, epochs=2)

@@ -3,9 +3,11 @@
 import mlflow
 import pytest
 
-from pipeline import space, specfile
+from pipeline import space
 from pipeline.progress import Progress
-from pipeline.search.tuner import SweepTuner, trial_seed
+from pipeline.search.lifecycle import trial_seed
+from pipeline.search.tuner import SweepTuner
+from pipeline.spec import load as specfile
 from pipeline.tracking import names, runs
 
 pytestmark = pytest.mark.usefixtures("fresh_store")
@@ -41,7 +43,8 @@ def test_search_logs_one_finished_run_per_trial_and_the_best(tmp_path, small_mni
     assert {r.info.status for r in trials} == {"FINISHED"}
     assert sorted(r.data.params[names.UNITS] for r in trials) == ["16", "8"]
     best = max(trials, key=lambda r: r.data.metrics[names.VAL_ACCURACY])
-    trial_id, score, run_id = tuner.best_trial()
+    best_trial = tuner.best_trial()
+    trial_id, score, run_id = best_trial.trial_id, best_trial.val_accuracy, best_trial.run_id
     assert (trial_id, run_id) == (best.data.tags[names.TRIAL_ID], best.info.run_id)
     assert score == best.data.metrics[names.VAL_ACCURACY]
     tags = client.get_run(parent.run_id).data.tags
@@ -89,3 +92,43 @@ def test_earlier_finished_run_is_not_trained_twice(tmp_path, small_mnist, capsys
 def test_trial_seed_is_fixed_per_trial():
     assert trial_seed(11, "3") == 11003
     assert trial_seed(11, "3") != trial_seed(12, "3")
+
+
+class BestChecker:
+    """A progress stream that, at each trial's line, reads the parent's best from MLflow."""
+
+    def __init__(self, client, parent):
+        self.client, self.parent = client, parent
+        self.seen = []  # (best_trial tag, the trial id of the best_run_id tag's run)
+
+    def write(self, text):
+        if " params " in text:  # A trial's line.
+            tags = self.client.get_run(self.parent.run_id).data.tags
+            run = self.client.get_run(tags[names.BEST_RUN_ID]) if (
+                names.BEST_RUN_ID in tags) else None
+            self.seen.append((tags.get(names.BEST_TRIAL),
+                              run and run.data.tags[names.TRIAL_ID]))
+
+    def flush(self):
+        pass
+
+
+def test_best_run_id_names_the_best_trials_run_after_every_trial(tmp_path, small_mnist,
+                                                                    client):
+    """The parent's `best_run_id` is current at every trial's end, while the best
+    trial's run is still being written in the background."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SPEC.replace("max_trials: 2", "max_trials: 3").replace(
+        "max: 16", "max: 24"))
+    spec = specfile.load(path)
+    parent = runs.open_parent(spec, "tuner-test", tmp_path / "kt" / "tiny-project")
+    checker = BestChecker(client, parent)
+    tuner = SweepTuner(spec, space.build(spec), experiment="tuner-test",
+                       progress=Progress("tiny", 3, stream=checker),
+                       directory=str(tmp_path / "kt"), project_name="tiny-project")
+    tuner.open(parent)
+    tuner.search_and_retry(small_mnist)
+    tuner.wait_for_logging()
+    assert len(checker.seen) == 3
+    for best_trial, run_trial in checker.seen:
+        assert best_trial is not None and run_trial == best_trial

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from pipeline.cli import cli
+from pipeline.cli.commands import cli
 from pipeline.tracking import names
 from pipeline.tracking.datasets import CONTEXTS
 

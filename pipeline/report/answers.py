@@ -12,7 +12,7 @@ import statistics
 import numpy as np
 from scipy import stats
 
-from pipeline.spec import EXERCISE
+from pipeline.spec.schema import EXERCISE
 from pipeline.tracking import names
 
 PART_ONE = ("part1-wide", "part1-narrow")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipeline.spec import EXERCISE
+from pipeline.spec.schema import EXERCISE
 from pipeline.tracking import names
 
 FINISHED = "FINISHED"  # MLflow's run status of a trial that completed.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from pipeline import plots
+from pipeline.report import plots
 from pipeline.report.answers import CLEAR_MIN_TRIALS, CLEAR_P, CLEAR_RHO, PART_ONE, PART_TWO, answer
 from pipeline.report.document import Document
 from pipeline.report.load import load_sweeps
@@ -150,7 +150,7 @@ def _hypothesis(answers):
     if deep:
         evidence.append(
             f"After the first epoch, the first hidden layer's mean gradient is "
-            f"{_span(min(deep), max(deep))} times the output layer's in the best "
+            f"{_ratio_range(min(deep), max(deep))} times the output layer's in the best "
             f"Part Two models" + (f", against {max(shallow):.2g} in a Part One model"
                                   if shallow else "") + ".")
     acts = answers["activation"]
@@ -177,7 +177,7 @@ def _activation_evidence(sigmoid, others):
                "support the hypothesis."))
 
 
-def _span(low, high):
+def _ratio_range(low, high):
     """A range as text; a range of one value is that value."""
     return f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g} to {high:.2g}"
 

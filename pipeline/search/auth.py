@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from pipeline.errors import InputError
+from pipeline.errors import BadToken, InputError, TokenMissing
 
 ENV_TOKEN = "MNIST_SWEEPS_ORACLE_TOKEN"
 ENV_TOKEN_FILE = "MNIST_SWEEPS_ORACLE_TOKEN_FILE"
@@ -35,18 +35,6 @@ MIN_TOKEN_LENGTH = 16
 ENV_TLS_CERT = "MNIST_SWEEPS_ORACLE_TLS_CERT"
 ENV_TLS_KEY = "MNIST_SWEEPS_ORACLE_TLS_KEY"
 ENV_TLS_CA = "MNIST_SWEEPS_ORACLE_TLS_CA"
-
-
-class TokenMissing(InputError):
-    """A chief or worker was started without the oracle's token."""
-
-    param = ENV_TOKEN
-
-
-class BadToken(InputError):
-    """The token (or its file) cannot be used."""
-
-    param = "'--oracle-token-file'"
 
 
 def new_token():

@@ -22,6 +22,9 @@ Relied on (`MODULE_NAMES`, `CLASS_NAMES`, `ORACLE_STATE`):
 - `keras_tuner.src.utils.save_json(path, obj)`: every state file Keras Tuner writes
   goes through it (looked up at call time); replaced by one that writes a
   temporary file and renames it, so a crash never leaves half a file.
+- `keras_tuner.src.config.DEBUG`: whether `BaseTuner._try_run_and_update_trial`
+  prints the traceback of every trial that raised, expected failures too (a NaN
+  loss, the divergence guard); off unless `-v`: `on_trial_end` prints a real bug's.
 - `BaseTuner._try_run_and_update_trial(trial, *args)`: runs one trial and records its
   outcome on the trial, as `BaseTuner.search` does (packed searches call it for a
   trial that trains alone).
@@ -37,6 +40,7 @@ import json
 import os
 
 import keras_tuner
+from keras_tuner.src import config as kt_config
 from keras_tuner.src import protos
 from keras_tuner.src import utils as kt_utils
 from keras_tuner.src.distribute import oracle_chief, oracle_client
@@ -50,6 +54,7 @@ MODULE_NAMES = {
     "keras_tuner.src.distribute.oracle_client": ("TIMEOUT",),
     "keras_tuner.src.distribute.utils": ("has_chief_oracle", "is_chief_oracle"),
     "keras_tuner.src.utils": ("save_json",),
+    "keras_tuner.src.config": ("DEBUG",),
 }
 CLASS_NAMES = {
     keras_tuner.Oracle: ("_duplicate", "_random_values", "_check_consecutive_failures",
@@ -124,6 +129,11 @@ def is_chief():
 def chief_may_exit(oracle):
     """Keras Tuner's rule: no trial running and no worker left."""
     return oracle_chief.exit_chief(oracle)
+
+
+def print_trial_tracebacks(on):
+    """Whether Keras Tuner prints the traceback of every trial that raised."""
+    kt_config.DEBUG = bool(on)
 
 
 def run_and_update_trial(tuner, trial, *fit_args):

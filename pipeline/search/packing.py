@@ -1,5 +1,7 @@
 """Packed trials: the oracle hands this process up to K trials at once, and those that
-can share a step train as one `PackedNetworks`; each is still its own MLflow run.
+can share a step train as one `PackedNetworks`; each is still its own MLflow run and
+goes through the same lifecycle as a trial alone (`pipeline.search.lifecycle`): this
+module only groups trials, asks the oracle for K at a time and trains a pack.
 
 Keras Tuner's oracle keys running trials by tuner id, as in its distributed mode;
 here the process asks for K trials under K sub-ids (`tuner0/0`, `tuner0/1`, ...),
@@ -7,9 +9,11 @@ so Bayesian search sees them as pending trials, not as finished ones. Trials wit
 the same activation, batch size and epochs train together (depth and widths may
 differ); a Hyperband trial that continues an earlier model trains alone.
 
-Isolation: a member whose loss becomes NaN ends FAILED alone, and its pack-mates go
-on; an error in one member's logging fails only that member's run. An interrupt
-(SIGTERM, Ctrl-C) ends every run of the pack KILLED; resuming runs them again.
+Isolation: a member whose loss becomes NaN, or that early stopping or the divergence
+guard stops, stops alone (its results are those of the epoch it keeps) and its
+pack-mates go on; the pack ends when every member has stopped. An error in one
+member's logging fails only that member's run. An interrupt (SIGTERM, Ctrl-C) ends
+every run of the pack KILLED; resuming runs them again.
 """
 
 from __future__ import annotations
@@ -17,17 +21,15 @@ from __future__ import annotations
 import os
 import time
 
-import keras_tuner
-import numpy as np
 from keras_tuner.engine.trial import TrialStatus
 
-from pipeline import packed
-from pipeline.device import device_arrays
 from pipeline.errors import SweepStopped
-from pipeline.gradients import PROBE_SIZE
-from pipeline.model import EVAL_BATCH_SIZE
-from pipeline.search import distributed, internals
-from pipeline.tracking import datasets, names, runs, trial_run
+from pipeline.search import distributed, internals, lifecycle
+from pipeline.tracking import names
+from pipeline.training import packed
+from pipeline.training.device import device_arrays
+from pipeline.training.gradients import PROBE_SIZE
+from pipeline.training.model import EVAL_BATCH_SIZE
 
 # On the CPU, past about 100 units a layer, a member's arithmetic (every layer padded
 # to the pack's widest) outweighs the step costs a pack saves: part2-wide (50-100
@@ -44,8 +46,7 @@ def choose_pack(spec, space, requested=0, threads=None):
     chosen from the model size and the device.
 
     Chosen: 1 for Part One (the exercise asks how long an epoch of each model takes
-    alone), for Hyperband (its trials continue earlier models), with early stopping
-    or the divergence guard (each trial stops on its own) and, on a CPU, for
+    alone), for Hyperband (its trials continue earlier models) and, on a CPU, for
     layers wider than `CPU_MAX_WIDTH` or when TensorFlow's operations run on more
     than one thread each (`threads`: TensorFlow's intra-op threads, read from its
     settings when None); else as many as the budget of trials, up to
@@ -63,10 +64,9 @@ def choose_pack(spec, space, requested=0, threads=None):
         return int(requested or spec.tuner.pack)
     _, most = space.param_bounds()
     gpu = bool(tf.config.list_physical_devices("GPU"))
-    stops = spec.training.early_stopping or spec.training.divergence_guard
     if threads is None:
         threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
-    if spec.part == 1 or spec.tuner.algorithm == "hyperband" or stops or (
+    if spec.part == 1 or spec.tuner.algorithm == "hyperband" or (
             not gpu and (space.max_units > CPU_MAX_WIDTH or threads > 1)):
         return 1
     widest = max(space.max_units, 10)
@@ -83,7 +83,7 @@ def search(tuner, dataset, pack):
         trials, stopped = _create_trials(tuner, pack)
         for key, group in _groups(tuner, trials):
             if key[0] == "alone":
-                _run_alone(tuner, group[0][0], dataset)
+                _run_alone(tuner, group[0], dataset)
             else:
                 run_pack(tuner, group, dataset)
         # A worker told to wait (IDLE) asks again: the chief says when to stop.
@@ -104,16 +104,24 @@ def _create_trials(tuner, pack):
 
 
 def _groups(tuner, trials):
-    """(key, [(trial, config)]) of the trials that can train in one pack; a key
-    ("alone", trial id) marks one that trains alone (a Hyperband continuation)."""
+    """(key, [trial]) of the trials that can train in one pack; a key ("alone", trial
+    id) marks one that trains alone (a Hyperband continuation, or an SGD that packs do
+    not implement: the user is told once)."""
     groups = {}
     for trial in trials:
         config = tuner.space.config(trial.hyperparameters.values)
         continues = "tuner/trial_id" in trial.hyperparameters.values
+        if not continues and not packed.packable([config]) and not _told_alone:
+            _told_alone.append(True)
+            tuner.progress.say("trials with a learning-rate schedule, warm-up, weight decay "
+                               "or Nesterov momentum train alone: packs run plain SGD")
         key = (("alone", trial.trial_id) if continues or not packed.packable([config])
                else (config.activation, config.batch_size, config.epochs, config.initial_epoch))
-        groups.setdefault(key, []).append((trial, config))
+        groups.setdefault(key, []).append(trial)
     return list(groups.items())
+
+
+_told_alone = []  # Said once per process.
 
 
 def _run_alone(tuner, trial, dataset):
@@ -122,87 +130,72 @@ def _run_alone(tuner, trial, dataset):
     tuner.on_trial_end(trial)
 
 
-def run_pack(tuner, group, dataset):
+def run_pack(tuner, trials, dataset):
     """Trains a group of trials as one pack, then ends each trial with the oracle."""
-    start = time.perf_counter()
-    members, status = [], {}
-    for trial, config in group:
+    lives = []
+    for trial in trials:
         tuner.on_trial_begin(trial)
-        tuner._outcome[trial.trial_id] = (config, start, None)
-        logged = runs.earlier_attempts(tuner.parent, trial.trial_id, tuner.spec.tuner.objective)
-        if logged is not None:
-            status[trial.trial_id] = _already_finished(tuner, trial, *logged)
-        else:
-            members.append(_Member(tuner, trial, config, dataset, len(group)))
+        lives.append(tuner.lifecycle.begin(trial, dataset, pack_size=len(trials)))
+    members = [life for life in lives if not life.done]
     if members:
-        status.update(_train(tuner, members, dataset, start))
+        _train(tuner, members, dataset)
     # One at a time, so the oracle never sees a completed trial it has not scored.
     # Every trial of the pack is ended, even once the oracle stops the sweep.
     stopped = None
-    for trial, _ in group:
-        trial.status = status[trial.trial_id]
+    for life in lives:
+        _report(tuner, life)
         try:
-            tuner.on_trial_end(trial)
+            tuner.on_trial_end(life.trial)
         except SweepStopped as e:
             stopped = e
     if stopped is not None:
         raise stopped
 
 
-def _already_finished(tuner, trial, run_id, metrics):
-    tuner.progress.say(f"trial {trial.trial_id} already finished in MLflow run {run_id}; "
-                       "not training it again")
-    config, start, _ = tuner._outcome[trial.trial_id]
-    tuner._outcome[trial.trial_id] = (config, start, metrics)
-    return _complete(tuner, trial, {k: metrics[k] for k in (names.VAL_ACCURACY,
-                                                            names.VAL_LOSS)})
+def _report(tuner, life):
+    """The oracle learns a pack member's result, as Keras Tuner's loop tells it a trial's."""
+    result = life.result
+    tuner.note_result(result)
+    if result.status == lifecycle.COMPLETED:
+        tuner.oracle.update_trial(life.trial.trial_id, result.metrics)
+        life.trial.status = TrialStatus.COMPLETED
+        return
+    life.trial.message = result.reason
+    life.trial.status = (TrialStatus.INVALID if result.status == lifecycle.INVALID
+                         else TrialStatus.FAILED)
 
 
-class _Member:
-    """One trial of a pack: its alone model (for its initial weights), order and run."""
-
-    def __init__(self, tuner, trial, config, dataset, pack_size):
-        self.trial = trial
-        self.config = config
-        self.model = tuner._fresh_model(trial, config, len(dataset.x_train))  # As alone.
-        self.order = packed.keras_batch_order(len(dataset.x_train))
-        # No probe: the pack measures every member's gradients at once (`_epoch`).
-        self.run = trial_run.start_trial_run(
-            tuner.parent, tuner.spec.name, trial.trial_id, tuner.tuner_id,
-            tags={names.PACK_SIZE: pack_size})
-        self.run.log_params(config)
-        datasets.log(self.run.run_id, dataset)
-        self.failed = None
-
-
-def _train(tuner, members, dataset, start):
+def _train(tuner, members, dataset):
     arrays = device_arrays(dataset)
     network = packed.PackedNetworks([m.config for m in members], [m.model for m in members],
                                     [m.order for m in members])
+    views = [network.member_view(index) for index in range(len(members))]
+    training = set(range(len(members)))
     fit_start = time.perf_counter()
     try:
         for epoch in range(members[0].config.initial_epoch, members[0].config.epochs):
-            _epoch(network, members, arrays, epoch + 1)
+            training -= _epoch(network, members, views, training, arrays, epoch + 1)
+            if not training:  # Every member stopped: the pack ends early.
+                break
     except Exception as e:
-        for member in members:
-            if member.failed is None:
-                member.failed = e
-                member.run.fail(e)
+        for life in members:
+            life.fail(e)
         raise
     except BaseException:
-        for member in members:
-            if member.failed is None:
-                member.run.kill()
+        for life in members:
+            life.kill()
         raise
-    timing = {names.FIT_SECONDS: time.perf_counter() - fit_start}
-    tuner.wait_for_logging()
+    fit_seconds = time.perf_counter() - fit_start
+    for life in members:
+        life.stopping.end_training()  # Restores the best weights of those still training.
+        life.fit_seconds = fit_seconds
     test = network.evaluate(arrays["x_test"], arrays["y_test"], EVAL_BATCH_SIZE)
-    return {member.trial.trial_id: _finish(tuner, network, index, member, arrays, timing,
-                                           start, [float(t[index]) for t in test])
-            for index, member in enumerate(members)}
+    for index, (life, view) in enumerate(zip(members, views, strict=True)):
+        _settle(tuner, network, index, life, view, arrays, [float(t[index]) for t in test])
 
 
-def _epoch(network, members, arrays, epoch):
+def _epoch(network, members, views, training, arrays, epoch):
+    """One epoch of the pack; returns the members that stop after it."""
     epoch_start = time.perf_counter()
     loss, accuracy = network.train_epoch(arrays["x_train"], arrays["y_train"])
     val_loss, val_accuracy = network.evaluate(arrays["x_val"], arrays["y_val"])
@@ -210,43 +203,27 @@ def _epoch(network, members, arrays, epoch):
     # As `GradientProbe`: on the first PROBE_SIZE training images, after the epoch.
     sizes = network.gradient_sizes(arrays["x_train"][:PROBE_SIZE],
                                    arrays["y_train"][:PROBE_SIZE])
-    for index, member in enumerate(members):
-        if member.failed is not None:
-            continue
+    stops = set()
+    for index in sorted(training):
         metrics = {names.LOSS: loss[index], names.ACCURACY: accuracy[index],
                    names.VAL_LOSS: val_loss[index], names.VAL_ACCURACY: val_accuracy[index],
                    names.EPOCH_SECONDS: seconds}
         metrics.update({names.gradient(i): g for i, g in enumerate(sizes[index])})
-        member.run.log_epoch(epoch, metrics)
-        if not np.isfinite(loss[index]):
-            member.failed = keras_tuner.errors.FailedTrialError(
-                f"loss became NaN in epoch {epoch} (training diverged)")
-            member.run.fail(member.failed)
+        if not members[index].end_epoch(epoch, metrics, views[index]):
+            stops.add(index)
+    return stops
 
 
-def _finish(tuner, network, index, member, arrays, timing, start, test_metrics):
-    trial, config = member.trial, member.config
-    if member.failed is not None:
-        trial.message = f"{member.failed.__class__.__name__}: {member.failed}"
-        return TrialStatus.FAILED
-    model = network.member_model(index, member.model)
-    member.run.finish(model, (arrays["x_test"], arrays["y_test"]),
-                      f"{tuner.spec.name} trial {trial.trial_id}: {config.describe()}",
-                      {**timing, names.TRIAL_SECONDS: time.perf_counter() - start,
-                       names.BEST_EPOCH: config.epochs},  # Packs train every epoch.
-                      EVAL_BATCH_SIZE, test_metrics, confirm=tuner._lease(trial.trial_id))
-    tuner._logging.append((trial.trial_id, member.run))
-    outcome = tuner.settle(trial.trial_id) if distributed.role() == "worker" else "whole"
-    if outcome == "superseded":
-        return TrialStatus.FAILED
-    if outcome == "unlogged":  # The oracle hands it out again.
-        trial.message = "its run could not be logged whole"
-        return TrialStatus.INVALID
-    metrics = {k: member.run.history[k][-1] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
-    tuner._outcome[trial.trial_id] = (config, start, metrics)
-    return _complete(tuner, trial, metrics)
-
-
-def _complete(tuner, trial, metrics):
-    tuner.oracle.update_trial(trial.trial_id, metrics)
-    return TrialStatus.COMPLETED
+def _settle(tuner, network, index, life, view, arrays, test_metrics):
+    """A member's results to its run (its kept epoch's), then settled as a trial alone."""
+    try:
+        life.check()
+    except Exception as e:  # noqa: BLE001 - a NaN loss or the guard: this member alone.
+        life.fail(e)
+        return
+    # With early stopping, the weights it keeps are its best epoch's (`view.kept`), and
+    # the run's writer evaluates them; else the pack's last weights, evaluated above.
+    model = network.member_model(index, life.model, view.kept)
+    life.finish(model, (arrays["x_test"], arrays["y_test"]),
+                test_metrics if view.kept is None else None)
+    tuner.lifecycle.settle(life)

@@ -1,33 +1,29 @@
 """The Keras Tuner subclass: Keras Tuner's search loop, one trial = one MLflow child run.
 
 The search loop, the oracles, resuming and the chief/worker protocol are Keras
-Tuner's own. This class overrides only the hooks: `run_trial` trains, evaluates
-and logs one configuration; `on_trial_end` reports progress and keeps the
-parent run's best trial current; on a chief, `search` serves the oracle with
+Tuner's own. This class overrides only the hooks: `run_trial` takes one trial
+through its lifecycle (`pipeline.search.lifecycle`); `on_trial_end` keeps the
+parent run's best trial current and reports progress; `search` hands packed
+searches to `pipeline.search.packing` and, on a chief, serves the oracle with
 `distributed.serve`, which also notices lost workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import math
 import time
 
-import keras
 import keras_tuner
-import mlflow
-import numpy as np
 import tensorflow as tf
 
-from pipeline.device import device_arrays
-from pipeline.errors import LoggingFailed, SweepStopped, disk_full
-from pipeline.gradients import GradientProbe
-from pipeline.model import EVAL_BATCH_SIZE, CompileOptions, MnistHyperModel, build_model
+from pipeline.errors import LoggingFailed, SweepStopped
 from pipeline.progress import Progress
-from pipeline.search import distributed, internals, packing
+from pipeline.search import distributed, internals, lifecycle, packing
 from pipeline.search.oracles import failure_reason, make_oracle
-from pipeline.stopping import Stopping
-from pipeline.tracking import datasets, names, runs, trial_run
+from pipeline.tracking import names, runs
+from pipeline.training.device import device_arrays
+from pipeline.training.model import CompileOptions, MnistHyperModel
 
 WORKER_ATTEMPTS = 2  # A worker trains a trial whose logging failed once more.
 
@@ -58,11 +54,13 @@ class SweepTuner(keras_tuner.Tuner):
                  options=CompileOptions(), progress=None, verbose=0,
                  worker_timeout=distributed.WORKER_TIMEOUT, pack=1, **kwargs):
         internals.write_state_atomically()
+        internals.print_trial_tracebacks(verbose > 0)  # Ours: `on_trial_end`.
         oracle = make_oracle(spec, space)
         oracle.verbose = 0  # Our own one-line progress replaces Keras Tuner's table.
         super().__init__(oracle=oracle, hypermodel=MnistHyperModel(space, options),
                          **kwargs)
-        if distributed.role() == "worker":
+        worker = distributed.role() == "worker"
+        if worker:
             distributed.authenticate(self.oracle)
         self.spec = spec
         self.space = space
@@ -72,12 +70,14 @@ class SweepTuner(keras_tuner.Tuner):
         self.verbose = verbose
         self.worker_timeout = worker_timeout
         self.pack = pack
-        self._outcome = {}
+        self.lifecycle = lifecycle.Lifecycle(
+            spec, space, options, self.progress, lambda: self.parent, self.tuner_id,
+            lease=(lambda trial_id: distributed.still_holds(self.oracle, trial_id))
+            if worker else None)
+        self._results = {}  # Trial id -> its `lifecycle.Result`, until `on_trial_end`.
         self._heartbeat = None
         self._superseded = set()  # A worker's trials re-issued to another worker.
         self.leased_runs = set()  # A restarted chief's trial runs that workers still write.
-        self._logging = []  # (trial_id, TrialRun) whose logging may still run.
-        self.unlogged = []
         # Everything alive now (TensorFlow, MLflow, the data) lives as long as the
         # process: keep it out of the garbage collector's way, so the collection
         # after each trial scans only what trials create (~0.5 s -> ~10 ms).
@@ -120,7 +120,7 @@ class SweepTuner(keras_tuner.Tuner):
         """
         self.search(dataset)
         if distributed.role() is None and self.unlogged and self.requeue_unlogged():
-            self.unlogged = []
+            self.unlogged.clear()
             self.search(dataset)
         if self.unlogged:
             raise SweepStopped(f"trials {', '.join(self.unlogged)} could not be logged "
@@ -136,10 +136,18 @@ class SweepTuner(keras_tuner.Tuner):
             distributed.serve(self.oracle, on_lost=self._lost,
                               worker_timeout=self.worker_timeout)
             return
-        if self.pack > 1:
-            packing.search(self, *args, pack=self.pack)
-            return
-        super().search(*args, **kwargs)
+        try:
+            if self.pack > 1:
+                packing.search(self, *args, pack=self.pack)
+            else:
+                super().search(*args, **kwargs)
+        except Exception:  # The runs being written are finished first.
+            with contextlib.suppress(Exception):  # Never hiding the first error.
+                self.lifecycle.wait_for_logging()
+            raise
+        except BaseException:  # Stopping: no run of this process is left RUNNING.
+            self.lifecycle.abandon()
+            raise
 
     def _lost(self, worker, trial, re_issued):
         outcome = ("re-issued to the next worker" if re_issued
@@ -153,113 +161,52 @@ class SweepTuner(keras_tuner.Tuner):
             self._heartbeat = distributed.Heartbeat()
 
     def on_search_end(self):
-        self.wait_for_logging()
+        self.lifecycle.wait_for_logging()
         if self._heartbeat is not None:
             self._heartbeat.stop()
 
     def run_trial(self, trial, dataset):
-        """Trains, evaluates and logs one configuration; returns its final metrics.
+        """One trial alone through its lifecycle; returns the kept epoch's metrics.
 
         A worker reports a trial to the chief only once its run is written whole (so
         the chief never ends the sweep while a worker still writes), and trains a
         trial whose logging failed once more before it gives up on it.
         """
-        if distributed.role() != "worker":
-            return self._run_trial(trial, dataset)
-        for _ in range(WORKER_ATTEMPTS):
-            metrics = self._run_trial(trial, dataset)
-            outcome = self.settle(trial.trial_id)
-            if outcome == "superseded":
-                raise keras_tuner.errors.FailedTrialError("re-issued to another worker")
-            if outcome == "whole":
-                return metrics
+        for _ in range(WORKER_ATTEMPTS if self.lifecycle.lease else 1):
+            result = self._live(trial, dataset)
+            if result.status == lifecycle.COMPLETED:
+                return result.metrics
+            if result.status == lifecycle.SUPERSEDED:
+                self._superseded.add(trial.trial_id)
+                raise keras_tuner.errors.FailedTrialError(result.reason)
         raise LoggingFailed(f"trial {trial.trial_id} could not be logged to MLflow in "
                             f"{WORKER_ATTEMPTS} attempts")
 
-    def _run_trial(self, trial, dataset):
-        start = time.perf_counter()
-        config = self.space.config(trial.hyperparameters.values)
-        self._outcome[trial.trial_id] = (config, start, None)
-        logged = runs.earlier_attempts(self.parent, trial.trial_id,
-                                       self.spec.tuner.objective)
-        if logged is not None:
-            run_id, metrics = logged
-            self.progress.say(f"trial {trial.trial_id} already finished in MLflow run "
-                              f"{run_id}; not training it again")
-            self._outcome[trial.trial_id] = (config, start, metrics)
-            return {k: metrics[k] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
-        arrays = device_arrays(dataset)
-        model = self._fresh_model(trial, config, len(dataset.x_train))
-        run = trial_run.start_trial_run(self.parent, self.spec.name, trial.trial_id,
-                                        self.tuner_id,
-                                        GradientProbe(model, dataset.x_train, dataset.y_train))
-        stopping = Stopping(self.spec.training, self.spec.tuner.objective)
+    def _live(self, trial, dataset):
+        life = self.lifecycle.begin(trial, dataset)
+        self._results[trial.trial_id] = life.result
+        if life.done:
+            return life.result
         try:
-            run.log_params(config)
-            datasets.log(run.run_id, dataset)
-            fit_start = time.perf_counter()
-            self._fit(model, config, arrays, run, stopping.callbacks)
-            fit_seconds = time.perf_counter() - fit_start
-            _fail_on_nan(run)
-            stopping.check()
+            life.fit(device_arrays(dataset), self.verbose)
+            life.check()
         except Exception as e:
-            run.fail(e)
+            life.fail(e)
             raise
         except BaseException:
-            run.kill()
+            life.kill()
             raise
-        # At most one trial's logging runs behind the training of the next.
-        self.wait_for_logging()
-        outcome = stopping.outcome(run.epochs, config.epochs)
-        run.finish(model, (arrays["x_test"], arrays["y_test"]),
-                   f"{self.spec.name} trial {trial.trial_id}: {config.describe()}",
-                   {names.FIT_SECONDS: fit_seconds, names.BEST_EPOCH: outcome.best_epoch,
-                    names.TRIAL_SECONDS: time.perf_counter() - start}, EVAL_BATCH_SIZE,
-                   confirm=self._lease(trial.trial_id),
-                   tags={names.STOPPED_EARLY: str(outcome.stopped_early).lower()}
-                   if stopping.early else None)
-        self._logging.append((trial.trial_id, run))
-        # The model is its best epoch's (early stopping restored it): so are its results.
-        best = run.epochs.index(outcome.best_epoch) if outcome.best_epoch in run.epochs else -1
-        metrics = {k: run.history[k][best] for k in (names.VAL_ACCURACY, names.VAL_LOSS)}
-        self._outcome[trial.trial_id] = (config, start, metrics)
-        return metrics
-
-    def settle(self, trial_id):
-        """On a worker, waits for `trial_id`'s run to be written, before the trial is
-        reported; returns "whole", "superseded" (the trial went to another worker
-        meanwhile) or "unlogged" (its run could not be written)."""
-        pending = [run for logged_id, run in self._logging if logged_id == trial_id]
-        self.wait_for_logging()
-        if any(run.superseded for run in pending):
-            self._superseded.add(trial_id)
-            return "superseded"
-        if trial_id in self.unlogged:
-            self.unlogged.remove(trial_id)
-            return "unlogged"
-        return "whole"
-
-    def _lease(self, trial_id):
-        """A worker's check, before its run ends FINISHED, that the trial is still its."""
-        if distributed.role() != "worker":
-            return None
-        return lambda: distributed.still_holds(self.oracle, trial_id)
+        arrays = device_arrays(dataset)
+        life.finish(life.model, (arrays["x_test"], arrays["y_test"]))
+        return self.lifecycle.settle(life)
 
     def wait_for_logging(self):
-        """Waits for the last trial's background logging; reports it if it failed.
+        """Waits for the trials' runs still being written (`Lifecycle.wait_for_logging`)."""
+        self.lifecycle.wait_for_logging()
 
-        A trial whose run could not be logged whole ends FAILED in MLflow and is run
-        again when the sweep is resumed (`requeue_unlogged`).
-        """
-        while self._logging:
-            trial_id, run = self._logging.pop(0)
-            try:
-                run.wait()
-            except LoggingFailed as e:
-                if disk_full(e):  # Every trial after it would fail alike: stop.
-                    raise
-                self.unlogged.append(trial_id)
-                self.progress.say(f"trial {trial_id}: {e}; it runs again")
+    @property
+    def unlogged(self):
+        return self.lifecycle.unlogged
 
     def requeue_unlogged(self):
         """Hands completed trials without a FINISHED run back to the oracle to run again.
@@ -277,71 +224,52 @@ class SweepTuner(keras_tuner.Tuner):
                               "runs: running them again")
         return missing
 
-    def _fit(self, model, config, arrays, run, callbacks=()):
-        model.fit(
-            arrays["x_train"], arrays["y_train"],
-            batch_size=config.batch_size,
-            epochs=config.epochs,
-            initial_epoch=config.initial_epoch,
-            validation_data=(arrays["x_val"], arrays["y_val"]),
-            validation_batch_size=EVAL_BATCH_SIZE,
-            callbacks=[trial_run.EpochLogger(run), keras.callbacks.TerminateOnNaN(),
-                       *callbacks],
-            verbose=self.verbose,
-        )
-
-    def _fresh_model(self, trial, config, train_size):
-        # Free what earlier trials left (cheap: see __init__), then seed this trial.
-        # Not keras.backend.clear_session(): it clears TensorFlow's kernel cache,
-        # which the previous trial's logging thread may be using. The global seed
-        # decides the batch order; the weights get seeds of their own, since the
-        # previous trial's logging thread may draw from the global generators.
-        gc.collect()
-        seed = trial_seed(self.spec.tuner.seed, trial.trial_id)
-        keras.utils.set_random_seed(seed)
-        values = trial.hyperparameters.values
-        if "tuner/trial_id" in values:  # Hyperband: continue an earlier trial's model.
-            self.wait_for_logging()
-            earlier = runs.finished_run_of(self.parent.run_id, values["tuner/trial_id"])
-            uri = earlier and runs.model_uri(earlier)
-            if uri:
-                return mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True})
-        steps = math.ceil(train_size / config.batch_size)
-        return build_model(config, self.hypermodel.options, seed=seed, steps_per_epoch=steps)
+    def note_result(self, result):
+        """Keeps a trial's `Result` for `on_trial_end` (a pack's trials end there too)."""
+        self._results[result.trial_id] = result
+        if result.status == lifecycle.SUPERSEDED:
+            self._superseded.add(result.trial_id)
 
     def on_trial_end(self, trial):
+        result = self._results.pop(trial.trial_id, None)
         if trial.trial_id in self._superseded:  # Not ours to report any more.
             self.progress.say(f"trial {trial.trial_id} was re-issued to another worker "
                               "while this one was taken for lost; its run ended KILLED")
-            self._outcome.pop(trial.trial_id, None)
             return
+        # The best so far is recorded first: the progress line says the parent is current.
         super().on_trial_end(trial)  # The oracle records the trial; state is saved.
-        config, start, metrics = self._outcome.pop(trial.trial_id, (None, None, None))
-        if config is not None:
-            failure = None if metrics else failure_reason(trial.message)
-            self.progress.trial(trial.trial_id, config, time.perf_counter() - start,
-                                metrics, failure)
         best = self.best_trial()
         if best is not None:
-            runs.record_best(self.parent, *best)
+            runs.record_best(self.parent, best)
+        if result is not None:
+            failure = None if result.metrics else (
+                result.reason if trial.status == "FAILED" and result.reason
+                else failure_reason(trial.message))
+            if _a_bug(trial) and not result.reason and not self.verbose:
+                self.progress.say(trial.message.rstrip())  # A real bug: its traceback.
+            self.progress.trial(trial.trial_id, result.config,
+                                time.perf_counter() - result.started, result.metrics, failure)
 
     def best_trial(self):
-        """Returns (trial_id, val_accuracy, run_id) of the best completed trial, or None."""
+        """The best completed trial (`runs.Best`), or None.
+
+        Its run is the one this process wrote or found for it, else its FINISHED run
+        in MLflow: a best trial whose run is still being written is named at once.
+        """
         best = self.oracle.get_best_trials(1)
         if not best or best[0].status != "COMPLETED" or best[0].score is None:
             return None
         trial = best[0]
-        return (trial.trial_id, trial.metrics.get_last_value(names.VAL_ACCURACY),
-                runs.finished_run_of(self.parent.run_id, trial.trial_id))
+        run_id = self.lifecycle.run_ids.get(trial.trial_id) or runs.finished_run_of(
+            self.parent.run_id, trial.trial_id)
+        return runs.Best(trial.trial_id, trial.metrics.get_last_value(names.VAL_ACCURACY),
+                         run_id)
 
 
-def trial_seed(seed, trial_id):
-    """The training seed of a trial: the same trial always trains the same way."""
-    return seed * 1000 + int(trial_id)
-
-
-def _fail_on_nan(run):
-    losses = run.history[names.LOSS]
-    if losses and not np.isfinite(losses[-1]):
-        raise keras_tuner.errors.FailedTrialError(
-            f"loss became NaN in epoch {run.epochs[-1]} (training diverged)")
+def _a_bug(trial):
+    """Whether a trial ended by an error that is no expected failure: not Keras Tuner's
+    `FailedTrialError` (a NaN loss, the divergence guard) nor one of ours."""
+    if trial.status != "INVALID" or not trial.message:
+        return False
+    last = trial.message.strip().splitlines()[-1]
+    return not last.startswith(("pipeline.errors.", "keras_tuner"))

@@ -43,7 +43,7 @@ LEARNING_RATE = "learning_rate"
 MOMENTUM = "momentum"
 BATCH_SIZE = "batch_size"
 EPOCHS = "epochs"  # Also a parent tag: the sweep's epochs per trial.
-LOSS_FUNCTION = "loss"
+LOSS_FUNCTION = "loss_function"
 TRIAL_PARAMS = (HIDDEN_LAYERS, UNITS, ACTIVATION, OPTIMIZER, LEARNING_RATE, MOMENTUM,
                 BATCH_SIZE, EPOCHS, LOSS_FUNCTION)
 # Logged only when active (not the plain SGD default).

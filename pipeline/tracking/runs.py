@@ -31,6 +31,15 @@ class Parent:
     resumed: bool = False
 
 
+@dataclass(frozen=True)
+class Best:
+    """A sweep's best completed trial: its id, `val_accuracy` and run (None if unknown)."""
+
+    trial_id: str
+    val_accuracy: float
+    run_id: str | None = None
+
+
 def experiment_id(name):
     """Returns the id of experiment `name`, creating it if needed.
 
@@ -169,19 +178,20 @@ def sweep_finished(experiment, sweep_key):
 
 
 def end_parent(parent, status, best=None):
-    """Records the best trial on the parent and ends it with `status`."""
+    """Records the best trial (`Best`) on the parent and ends it with `status`."""
     if best is not None:
-        record_best(parent, *best)
+        record_best(parent, best)
     retry(lambda: MlflowClient().set_terminated(parent.run_id, status))
 
 
-def record_best(parent, trial_id, score, run_id=None):
-    """Tags the parent with its best trial so far and logs `best_val_accuracy`."""
-    tags = {names.BEST_TRIAL: trial_id}
-    if run_id:
-        tags[names.BEST_RUN_ID] = run_id
+def record_best(parent, best):
+    """Tags the parent with its best trial so far (`Best`) and logs `best_val_accuracy`."""
+    tags = {names.BEST_TRIAL: best.trial_id}
+    if best.run_id:
+        tags[names.BEST_RUN_ID] = best.run_id
     retry(lambda: MlflowClient().log_batch(parent.run_id, tags=_tags(tags), metrics=[
-        Metric(names.BEST_VAL_ACCURACY, float(score), int(time.time() * 1000), 0)]))
+        Metric(names.BEST_VAL_ACCURACY, float(best.val_accuracy), int(time.time() * 1000),
+               0)]))
 
 
 def model_uri(run_id):
@@ -227,15 +237,25 @@ def finished_run_of(parent_run_id, trial_id):
     return runs[0].info.run_id if runs else None
 
 
+@dataclass(frozen=True)
+class Earlier:
+    """A trial's FINISHED run and the metrics of the epoch it kept."""
+
+    run_id: str
+    metrics: dict
+
+
 def earlier_attempts(parent, trial_id, objective):
     """Settles the earlier runs of a trial that is about to start (again).
 
     A run left RUNNING by a process that died ends KILLED. A FINISHED run means
     the trial is done (its process died between closing the run and Keras Tuner
-    recording the trial): it must not be trained or logged twice.
+    recording the trial): it must not be trained or logged twice, and it is scored
+    by the epoch it kept (`best_epoch`: early stopping restored that epoch's model),
+    not by its last logged step.
 
     Returns:
-        (run_id, metrics) of the FINISHED run, or None.
+        An `Earlier`, or None.
     """
     client = MlflowClient()
     done = None
@@ -244,8 +264,23 @@ def earlier_attempts(parent, trial_id, objective):
             end_left_over(client, run.info.run_id, "KILLED",
                           "interrupted: its process ended; the trial was started again")
         elif run.info.status == "FINISHED" and objective in run.data.metrics:
-            done = run.info.run_id, dict(run.data.metrics)
+            done = Earlier(run.info.run_id, kept_epoch_metrics(client, run))
     return done
+
+
+def kept_epoch_metrics(client, run):
+    """A FINISHED trial run's metrics at the epoch it kept (`best_epoch`): the
+    validation metrics of that epoch, the rest as logged last."""
+    metrics = dict(run.data.metrics)
+    kept = metrics.get(names.BEST_EPOCH)
+    if kept is None:
+        return metrics
+    for key in (names.VAL_ACCURACY, names.VAL_LOSS):
+        at_kept = [m.value for m in retry(lambda k=key: client.get_metric_history(
+            run.info.run_id, k)) if m.step == int(kept)]
+        if at_kept:
+            metrics[key] = at_kept[-1]
+    return metrics
 
 
 def fail_trial_runs(parent_run_id, trial_id, reason):

@@ -13,15 +13,9 @@ import time
 import urllib.parse
 import urllib.request
 
-from pipeline.errors import InputError, TrackingUnavailable, disk_full
+from pipeline.errors import BadTrackingUri, TrackingUnavailable, disk_full
 
 HTTP = ("http", "https")
-
-
-class BadTrackingUri(InputError):
-    """`MLFLOW_TRACKING_URI` is not a URI a tracking server can have."""
-
-    param = "MLFLOW_TRACKING_URI"
 
 
 def secure_tracking_uri(environ=os.environ):

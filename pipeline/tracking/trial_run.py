@@ -21,18 +21,18 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.context import registry as context_registry
 from mlflow.types import Schema, TensorSpec
 
-from pipeline import plots
-from pipeline.errors import LoggingFailed
-from pipeline.space import INPUTS, LOSS, OPTIMIZER, OUTPUTS
-from pipeline.tracking import names
+from pipeline.data import NUM_CLASSES, NUM_PIXELS
+from pipeline.errors import LoggingFailed, Superseded
+from pipeline.space import LOSS, OPTIMIZER
+from pipeline.tracking import curves, names
 from pipeline.tracking.server import retry
 
 # The input tensor is unnamed: MLflow then hands the pyfunc flavor the array itself,
 # as the Sequential model expects ({"inputs": [[...]]} or {"instances": ...} served);
 # a named one reaches Keras as a dict, and Keras warns that its structure differs.
 SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype("float32"), (-1, INPUTS))]),
-    outputs=Schema([TensorSpec(np.dtype("float32"), (-1, OUTPUTS), "digits")]),
+    inputs=Schema([TensorSpec(np.dtype("float32"), (-1, NUM_PIXELS))]),
+    outputs=Schema([TensorSpec(np.dtype("float32"), (-1, NUM_CLASSES), "digits")]),
 )
 
 
@@ -40,6 +40,9 @@ SIGNATURE = ModelSignature(
 # writes to one store) are written one run at a time: overlapped, they only slow each
 # other, and each would pay MLflow's first-model costs (its package map) again.
 _RESULTS = threading.Lock()
+# How long a stopping process waits for a run being written before it ends it KILLED:
+# well inside a scheduler's grace period (Kubernetes' 30 s, Slurm's KillWait).
+ABANDON_SECONDS = 5.0
 
 
 def trial_params(config):
@@ -102,6 +105,7 @@ class TrialRun:
         self.failure = None  # The trial's own failure.
         self.superseded = False  # Its trial went to another worker meanwhile.
         self.model_id = None  # Its logged model, once the first epoch is written.
+        self.ended = False  # Its end (status) is in the store.
         self._confirm = None
         self._client = MlflowClient()
         self._tasks = queue.Queue()
@@ -154,6 +158,22 @@ class TrialRun:
         self._tasks.put(None)
         self._thread.join()
 
+    def abandon(self, seconds=ABANDON_SECONDS):
+        """The process is stopping (SIGTERM, Ctrl-C) while this run is still written:
+        waits up to `seconds` for it to end, else ends it KILLED itself, so it is never
+        left RUNNING when the writing thread dies with the process. A resumed sweep runs
+        the trial again (or finds it FINISHED, if the writing won the race)."""
+        self._thread.join(seconds)
+        if self.ended:
+            return
+        try:
+            self._client.set_tag(self.run_id, names.FAILURE_REASON,
+                                 "interrupted: the process stopped while its results "
+                                 "were written; the trial runs again")
+            self._client.set_terminated(self.run_id, "KILLED")
+        except Exception:  # noqa: BLE001 - the store is gone too: a resume closes it.
+            pass
+
     def wait(self):
         """Waits until the run has ended.
 
@@ -201,7 +221,7 @@ class TrialRun:
             step, model_id), tags=[RunTag(k, v) for k, v in (tags or {}).items()]))
         retry(lambda: self._log_model(model))
         if self.epochs:
-            figure = plots.training_curves(self.epochs, self.history, title)
+            figure = curves.training_curves(self.epochs, self.history, title)
             retry(lambda: self._client.log_figure(self.run_id, figure, names.CURVES))
 
     def _model_id(self):
@@ -242,12 +262,9 @@ class TrialRun:
                                                    one_line(reason)))
             retry(lambda: self._client.set_terminated(self.run_id, status))
             self.status = status
+            self.ended = True
         except Exception as e:  # noqa: BLE001 - the store is gone; a resume closes the run.
             self.error = self.error or e
-
-
-class Superseded(Exception):
-    """A worker's trial run that another worker's run of the same trial replaces."""
 
 
 class EpochLogger(keras.callbacks.Callback):

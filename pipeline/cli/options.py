@@ -13,7 +13,7 @@ import click
 
 from pipeline import data as data_module
 from pipeline.errors import InputError
-from pipeline.spec import MAX_EPOCHS, MAX_PACK, MAX_SEED, MAX_TRIALS
+from pipeline.spec.schema import MAX_EPOCHS, MAX_PACK, MAX_SEED, MAX_TRIALS
 from pipeline.tracking import names
 
 # More processes or threads than these only compete for one machine's cores and memory.

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import keras
 import keras_tuner
 
-from pipeline import schedule
-from pipeline.space import INPUTS, LOSS, OUTPUTS
+from pipeline.data import NUM_CLASSES, NUM_PIXELS
+from pipeline.space import LOSS
+from pipeline.training import schedule
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ XLA_MIN_KERNEL = 200_000
 
 def xla_pays(config):
     """Whether XLA-compiling this configuration's training step is worth its compile."""
-    widths = [INPUTS, *config.units, OUTPUTS]
+    widths = [NUM_PIXELS, *config.units, NUM_CLASSES]
     return max(a * b for a, b in zip(widths, widths[1:], strict=False)) >= XLA_MIN_KERNEL
 
 
@@ -73,14 +74,14 @@ def build_model(config, options=CompileOptions(), seed=None, steps_per_epoch=Non
         (`schedule.optimizer`).
     """
     model = keras.Sequential(
-        [keras.Input(shape=(INPUTS,), name="pixels")]
+        [keras.Input(shape=(NUM_PIXELS,), name="pixels")]
         + [
             keras.layers.Dense(units, activation=config.activation, name=f"hidden_{i}",
                                kernel_initializer=kernel_initializer(seed, i))
             for i, units in enumerate(config.units)
         ]
         # The softmax stays float32 under a mixed-precision policy, for stable losses.
-        + [keras.layers.Dense(OUTPUTS, activation="softmax", name="digits", dtype="float32",
+        + [keras.layers.Dense(NUM_CLASSES, activation="softmax", name="digits", dtype="float32",
                               kernel_initializer=kernel_initializer(seed, len(config.units)))]
     )
     model.compile(

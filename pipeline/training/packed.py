@@ -27,9 +27,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipeline.chain import ACTIVATIONS, Chain
-from pipeline.model import EVAL_BATCH_SIZE
-from pipeline.space import INPUTS, OUTPUTS
+from pipeline.data import NUM_CLASSES, NUM_PIXELS
+from pipeline.training.chain import ACTIVATIONS, Chain
+from pipeline.training.model import EVAL_BATCH_SIZE
 
 
 def keras_batch_order(num_samples):
@@ -117,8 +117,8 @@ class PackedNetworks:
         return loss_sum / len(x), correct_sum / len(x)
 
     # Any batch size: the last, shorter batch does not trace it again.
-    @tf.function(input_signature=[tf.TensorSpec((None, INPUTS), tf.float32),
-                                  tf.TensorSpec((None, OUTPUTS), tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec((None, NUM_PIXELS), tf.float32),
+                                  tf.TensorSpec((None, NUM_CLASSES), tf.float32)])
     def _evaluate_batch(self, x, y):
         results = [chain.losses(x, y) for chain in self.chains]
         return tuple(tf.concat(parts, 0) for parts in zip(*results, strict=True))
@@ -148,10 +148,31 @@ class PackedNetworks:
         c, position = self._where[index]
         return self.chains[c].member_weights(position)
 
-    def member_model(self, index, model):
-        """`model` (the member's own `keras.Sequential`) with the member's trained weights."""
-        model.set_weights(self.member_weights(index))
+    def member_model(self, index, model, weights=None):
+        """`model` (the member's own `keras.Sequential`) with the member's trained weights,
+        or `weights` (those it keeps: its best epoch's)."""
+        model.set_weights(self.member_weights(index) if weights is None else weights)
         return model
+
+    def member_view(self, index):
+        """A `MemberView` of member `index`, for callbacks written for a Keras model."""
+        return MemberView(self, index)
+
+
+class MemberView:
+    """What Keras' `EarlyStopping` and the divergence guard need of a model, for one
+    member of a pack: its current weights, the weights it keeps, and `stop_training`."""
+
+    def __init__(self, network, index):
+        self.network, self.index = network, index
+        self.kept = None  # Set when a callback restores its best weights.
+        self.stop_training = False
+
+    def get_weights(self):
+        return self.network.member_weights(self.index)
+
+    def set_weights(self, weights):
+        self.kept = [np.array(w) for w in weights]
 
 
 def default_chains(size):

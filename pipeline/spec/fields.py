@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from pipeline.errors import SpecError
-from pipeline.spec import Choice, Range
+from pipeline.spec.schema import Choice, Range
 
 
 def mapping(value, where, allowed, required=False):

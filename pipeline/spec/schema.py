@@ -31,7 +31,7 @@ MAX_TRIALS = 100_000
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
 MAX_PACK = 256  # Trials trained together; each first builds a model of its own.
-# A trial trains under seed * 1000 + trial number (`search.tuner.trial_seed`), which
+# A trial trains under seed * 1000 + trial number (`search.lifecycle.trial_seed`), which
 # NumPy needs below 2**32: 4,000,000 * 1000 + 99,999 is, with room to spare.
 MAX_SEED = 4_000_000
 MAX_SPEC_BYTES = 1024 * 1024  # A spec is a few lines of YAML.

@@ -16,9 +16,7 @@ import socket
 import click
 
 from pipeline import data as data_module
-from pipeline import specfile
-from pipeline.errors import InputError, Interrupted, PipelineError
-from pipeline.options import (
+from pipeline.cli.options import (
     MAX_WORKERS,
     Seconds,
     experiment_name,
@@ -26,7 +24,9 @@ from pipeline.options import (
     oracle_address,
     sweep_options,
 )
-from pipeline.spec import EXERCISE
+from pipeline.errors import InputError, Interrupted, PipelineError
+from pipeline.spec import load as specfile
+from pipeline.spec.schema import EXERCISE
 from pipeline.tracking import names
 
 
@@ -39,7 +39,7 @@ def load_spec(name, max_trials=0, epochs=0, seed=0):
     from pipeline import space
 
     spec = specfile.load(name).with_overrides(max_trials=max_trials, epochs=epochs, seed=seed)
-    specfile.check_reachable(spec)
+    space.check_reachable(spec)
     space.build(spec)
     return spec
 
@@ -103,7 +103,7 @@ def check_tracking():
     server.check_reachable()
 
 
-def _span(low, high, spec=""):
+def _range_text(low, high, spec=""):
     """`low..high`; a range of one value is that value."""
     return f"{low:{spec}}" if low == high else f"{low:{spec}}..{high:{spec}}"
 
@@ -116,19 +116,20 @@ def list_specs():
     for path in specfile.available():
         try:
             spec = specfile.load(path)
-            specfile.check_reachable(spec)
+            space.check_reachable(spec)
             low, high = space.build(spec).param_bounds()
         except InputError as e:
             click.echo(f"{path.stem}: INVALID: {e}")
             continue
         s, c, t = spec.search_space, spec.constraints, spec.tuner
-        layers = _span(max(s.hidden_layers.min, c.min_hidden_layers),
-                       min(s.hidden_layers.max, c.max_hidden_layers or s.hidden_layers.max))
-        units = _span(max(s.units.min, c.min_units), min(s.units.max, c.max_units or s.units.max))
+        layers = _range_text(max(s.hidden_layers.min, c.min_hidden_layers),
+                             min(s.hidden_layers.max, c.max_hidden_layers or s.hidden_layers.max))
+        units = _range_text(max(s.units.min, c.min_units),
+                            min(s.units.max, c.max_units or s.units.max))
         click.echo(
             f"{spec.name:<14} part {spec.part or '-'}  {t.algorithm} x{t.max_trials}  "
             f"layers {layers}  units {units}  activation {'/'.join(s.activation.values)}  "
-            f"params {_span(low, high, ',')}  epochs {spec.training.epochs}")
+            f"params {_range_text(low, high, ',')}  epochs {spec.training.epochs}")
         click.echo(f"{'':<14} {spec.description.splitlines()[0]}")
 
 
@@ -238,8 +239,9 @@ def _run_sweeps(specs, load_dataset, options, **kwargs):
     A sweep that stops early exits 1 with one line saying why; SIGTERM exits 143
     after the current trial's run is closed (the same command resumes).
     """
-    from pipeline import device, model, space
+    from pipeline import space
     from pipeline import sweep as sweep_module
+    from pipeline.training import device, model
 
     wide = any(model.compute_bound(space.ConstrainedSpace(spec)) for spec in specs)
     devices = device.configure(options["mixed_precision"], options["threads"], wide)

@@ -13,8 +13,19 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import SpecError
-from pipeline.space import count_params
-from pipeline.spec import (
+from pipeline.spec.fields import (
+    boolean,
+    choices,
+    hyper,
+    int_choice,
+    int_range,
+    integer,
+    mapping,
+    number,
+    real,
+    string,
+)
+from pipeline.spec.schema import (
     ACTIVATIONS,
     ALGORITHMS,
     MAX_BATCH_SIZE,
@@ -39,22 +50,10 @@ from pipeline.spec import (
     Training,
     TunerSettings,
 )
-from pipeline.specfields import (
-    boolean,
-    choices,
-    hyper,
-    int_choice,
-    int_range,
-    integer,
-    mapping,
-    number,
-    real,
-    string,
-)
 
 TRAINING_IMAGES = 60_000  # MNIST's; `validation_split` takes the last N of them.
 # Where spec names are looked up: the working directory first, then the repo.
-SPEC_DIRS = (Path("sweeps"), Path(__file__).resolve().parents[1] / "sweeps")
+SPEC_DIRS = (Path("sweeps"), Path(__file__).resolve().parents[2] / "sweeps")
 
 
 def resolve(name_or_path):
@@ -289,31 +288,6 @@ def _check_warmup(spec):
     if max(warmups) >= t.epochs:
         raise SpecError(f"{where}: expected fewer warm-up epochs than training.epochs "
                         f"({t.epochs}), got {max(warmups)}")
-
-
-def check_reachable(spec):
-    """Refuses a `min_trainable_params` above the largest network of the search space.
-
-    Arithmetic, at once: call it before `space.build`, whose search for a feasible
-    configuration would find the same only after trying every depth and width.
-
-    Raises:
-        SpecError: naming the file, the field and the most it can be.
-    """
-    s, c = spec.search_space, spec.constraints
-    layers = _top(max(s.hidden_layers.min, c.min_hidden_layers),
-                  min(s.hidden_layers.max, c.max_hidden_layers or math.inf), s.hidden_layers.step)
-    units = _top(s.units.min, min(s.units.max, c.max_units or math.inf), s.units.step)
-    largest = count_params([units] * layers).total
-    if c.min_trainable_params > largest:
-        raise SpecError(f"{spec.path or spec.name}: constraints.min_trainable_params: expected "
-                        f"at most {largest:,} (the largest network here: {layers} hidden "
-                        f"layers of {units} units), got {c.min_trainable_params:,}")
-
-
-def _top(start, high, step):
-    """The largest of start, start + step, ... that is at most `high` (as Keras Tuner's)."""
-    return start + (int(high) - start) // step * step
 
 
 def _activation(value):

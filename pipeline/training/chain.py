@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from pipeline.space import INPUTS, OUTPUTS
+from pipeline.data import NUM_CLASSES, NUM_PIXELS
 
 ACTIVATIONS = {"sigmoid": tf.nn.sigmoid, "tanh": tf.nn.tanh, "relu": tf.nn.relu,
                "elu": tf.nn.elu, "selu": tf.nn.selu, "gelu": tf.nn.gelu,
@@ -58,7 +58,7 @@ class Chain:
 
     def _stack(self, models):
         k, w = self.size, self.width
-        shapes = [(INPUTS, w)] + [(w, w)] * (self.depth - 1) + [(w, OUTPUTS)]
+        shapes = [(NUM_PIXELS, w)] + [(w, w)] * (self.depth - 1) + [(w, NUM_CLASSES)]
         kernels = [np.zeros((k, *shape), np.float32) for shape in shapes]
         # Biases are (K, 1, units): they broadcast over the batch as they are.
         pad = PAD_BIAS if self.silent else 0.0
@@ -94,9 +94,9 @@ class Chain:
         last = [units[c.hidden_layers, i] for i, c in enumerate(self.configs)]
         real, outs = [], []
         for layer in range(len(kernels)):
-            out = units[layer + 1] if layer < self.depth else np.ones((self.size, OUTPUTS))
+            out = units[layer + 1] if layer < self.depth else np.ones((self.size, NUM_CLASSES))
             if layer == 0:
-                into = np.ones((self.size, INPUTS), np.float32)
+                into = np.ones((self.size, NUM_PIXELS), np.float32)
             else:
                 into = units[layer] if layer < self.depth else np.stack(last)
             real.append(into[:, :, None] * out[:, None, :])
@@ -175,7 +175,7 @@ class Chain:
     def member_weights(self, index):
         """Member `index`'s weights, unpadded, in `keras.Sequential.get_weights()` order."""
         config = self.configs[index]
-        widths = [INPUTS, *config.units, OUTPUTS]
+        widths = [NUM_PIXELS, *config.units, NUM_CLASSES]
         weights = []
         for layer in range(config.hidden_layers):
             weights.append(self.kernels[layer][index, :widths[layer], :widths[layer + 1]])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import keras
 import keras_tuner
 
-from pipeline.spec import OBJECTIVES
+from pipeline.spec.schema import OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Outcome:
     stopped_early: bool
 
 
-class DivergenceGuard(keras.callbacks.Callback):
+class DivergenceCallback(keras.callbacks.Callback):
     """Stops training if `val_accuracy` is below `below` after `epochs` epochs."""
 
     def __init__(self, epochs, below):
@@ -43,7 +43,8 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class Stopping:
-    """The callbacks of a spec's `training.early_stopping` and `divergence_guard`."""
+    """The callbacks of a spec's `training.early_stopping` and `divergence_guard`, for a
+    trial trained by `fit` or, one per member, for a pack (`end_epoch`)."""
 
     def __init__(self, training, objective):
         self.early = None
@@ -56,11 +57,38 @@ class Stopping:
                 restore_best_weights=True)
         if training.divergence_guard is not None:
             guard = training.divergence_guard
-            self.guard = DivergenceGuard(guard.epochs, guard.below)
+            self.guard = DivergenceCallback(guard.epochs, guard.below)
+        self._watched = None  # The model `end_epoch` drives the callbacks for.
+        self._ended = False
 
-    @property
     def callbacks(self):
+        """The Keras callbacks, for `fit`."""
         return [c for c in (self.early, self.guard) if c is not None]
+
+    def end_epoch(self, model, epoch, logs):
+        """Drives the callbacks by hand for a model trained outside `fit` (a pack's
+        member: `model` is any object with `get_weights`, `set_weights` and
+        `stop_training`), after its epoch `epoch` (1-based) with metrics `logs`.
+        Returns whether it stops now; its kept weights are then set on `model`."""
+        callbacks = self.callbacks()
+        if self._watched is not model:
+            self._watched = model
+            model.stop_training = False
+            for callback in callbacks:
+                callback.set_model(model)
+                callback.on_train_begin()
+        for callback in callbacks:
+            callback.on_epoch_end(epoch - 1, logs)
+        if model.stop_training:
+            self.end_training()
+        return model.stop_training
+
+    def end_training(self):
+        """Ends training driven by `end_epoch` (once): the best weights are restored."""
+        if self._watched is not None and not self._ended:
+            self._ended = True
+            for callback in self.callbacks():
+                callback.on_train_end()
 
     def check(self):
         """After `fit`: raises `FailedTrialError` if the divergence guard stopped it."""
