@@ -89,7 +89,7 @@ def test_the_sweep_logs_into_the_experiment_mlflow_run_chose(spec, runner, mnist
 
 def test_the_parent_run_holds_the_sweeps_system_metrics(spec, small_mnist, tmp_path, client,
                                                         monkeypatch):
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
     result = sweep.run(spec, small_mnist, sweep.Settings(experiment="system",
                                                          directory=str(tmp_path / "kt")))
     metrics = client.get_run(result.parent_run_id).data.metrics
