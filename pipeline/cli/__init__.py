@@ -1,0 +1,1 @@
+"""The command line: click commands (`commands`) and their option types (`options`)."""
