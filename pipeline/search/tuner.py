@@ -187,8 +187,9 @@ class SweepTuner(keras_tuner.Tuner):
         self._results[trial.trial_id] = life.result
         if life.done:
             return life.result
+        arrays = device_arrays(dataset)
         try:
-            life.fit(device_arrays(dataset), self.verbose)
+            life.fit(arrays, self.verbose)
             life.check()
         except Exception as e:
             life.fail(e)
@@ -196,7 +197,6 @@ class SweepTuner(keras_tuner.Tuner):
         except BaseException:
             life.kill()
             raise
-        arrays = device_arrays(dataset)
         life.finish(life.model, (arrays["x_test"], arrays["y_test"]))
         return self.lifecycle.settle(life)
 
