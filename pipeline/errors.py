@@ -56,6 +56,12 @@ class BadToken(InputError):
     param = "'--oracle-token-file'"
 
 
+class BadWorkerId(InputError):
+    """A worker id the chief could not tell apart from another worker or its own keys."""
+
+    param = "'--worker-id'"
+
+
 class BadTrackingUri(InputError):
     """`MLFLOW_TRACKING_URI` is not a URI a tracking server can have."""
 

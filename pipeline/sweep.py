@@ -20,7 +20,15 @@ import grpc
 import mlflow
 
 from pipeline import space as space_module
-from pipeline.errors import DiskFull, Interrupted, OracleLost, PipelineError, SweepBusy, disk_full
+from pipeline.errors import (
+    DiskFull,
+    Interrupted,
+    OracleLost,
+    PipelineError,
+    SweepBusy,
+    SweepStopped,
+    disk_full,
+)
 from pipeline.progress import Progress
 from pipeline.search import distributed, packing, state_files
 from pipeline.search.tuner import SweepTuner
@@ -126,6 +134,8 @@ def _run_worker(spec, space, dataset, project, settings):
         with _sigterm_raises():
             tuner.search(dataset)
     except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.FAILED_PRECONDITION:  # The chief stopped the sweep.
+            raise SweepStopped(f"the chief {e.details()}") from None
         raise OracleLost(f"lost the chief's oracle: {e.code().name}") from None
     return Result(spec.name, tuner.parent.run_id, None, None, False)
 

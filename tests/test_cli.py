@@ -85,6 +85,50 @@ def test_a_distributed_role_needs_a_token_and_a_shared_store(runner, workdir, mo
     assert not (workdir / "kt_sweeps").exists()
 
 
+KT_ENV = {"KERASTUNER_TUNER_ID": "w1", "KERASTUNER_ORACLE_IP": "127.0.0.1",
+          "KERASTUNER_ORACLE_PORT": "8000"}
+TOKEN_ENV = {"MNIST_SWEEPS_ORACLE_TOKEN": "t" * 32}
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--role", "worker", "--oracle", "127.0.0.1:8000", "--worker-id", "a/b"], TOKEN_ENV,
+     "Invalid value for '--worker-id': 'a/b' cannot be a worker's id: use 1-63 letters"),
+    (["--role", "worker", "--oracle", "127.0.0.1:8000", "--worker-id", "chief"], TOKEN_ENV,
+     "Invalid value for '--worker-id': 'chief' cannot be a worker's id"),
+    ([], KT_ENV, "Invalid value for MNIST_SWEEPS_ORACLE_TOKEN: --role worker needs the "
+                 "oracle's shared token"),
+    ([], {**KT_ENV, "KERASTUNER_TUNER_ID": "chief",
+          "MNIST_SWEEPS_ORACLE_TOKEN": "short"},
+     "Invalid value for MNIST_SWEEPS_ORACLE_TOKEN: the oracle token must be at least 16"),
+    ([], {**KT_ENV, **TOKEN_ENV, "KERASTUNER_TUNER_ID": "w/1"},
+     "Invalid value for KERASTUNER_TUNER_ID: 'w/1' cannot be a worker's id"),
+    ([], {**KT_ENV, **TOKEN_ENV, "KERASTUNER_ORACLE_IP": "10.0.0.5"},
+     "Invalid value for MLFLOW_TRACKING_URI: --role worker with a store local to this "
+     "machine (sqlite)"),
+    ([], {**KT_ENV, **TOKEN_ENV, "KERASTUNER_TUNER_ID": "chief",
+          "MNIST_SWEEPS_ORACLE_TLS_CERT": "nope.pem"},
+     "Invalid value for MNIST_SWEEPS_ORACLE_TLS_CERT: cannot read nope.pem"),
+    ([], {"KERASTUNER_TUNER_ID": "w1", **TOKEN_ENV},
+     "Invalid value for KERASTUNER_ORACLE_IP: Keras Tuner's distributed mode needs "
+     "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT together"),
+], ids=["slash-in-worker-id", "worker-id-chief", "kt-env-no-token", "kt-env-short-token",
+        "kt-env-slash-in-id", "kt-env-sqlite-across-machines", "kt-env-tls-file",
+        "kt-env-incomplete"])
+def test_keras_tuners_variables_and_worker_ids_get_the_same_checks_as_role(
+        runner, workdir, monkeypatch, args, env, message):
+    for name in (*KT_ENV, "MNIST_SWEEPS_ORACLE_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = runner.invoke(cli, ["sweep", "part1-narrow", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "t" * 32 not in result.output
+    assert not (workdir / "mlflow.db").exists()
+    assert not (workdir / "kt_sweeps").exists()
+
+
 def test_invalid_spec_file_is_a_usage_error(runner, workdir):
     bad = workdir / "bad.yaml"
     bad.write_text("name: bad\ndescription: x\nsearch_space: {hidden_layers: 1, units: 8}\n"

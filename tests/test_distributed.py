@@ -5,6 +5,7 @@ each step (a trial handed out, a worker going silent, the budget running out) is
 under the test's control; nothing of Keras Tuner or gRPC is mocked.
 """
 
+import dataclasses
 import os
 import socket
 import threading
@@ -381,6 +382,51 @@ def test_serve_raises_when_the_oracle_stops_the_sweep(serve_oracle):
     assert not chief.thread.is_alive()
     assert isinstance(chief.error, SweepStopped)
     assert "3 failed trials" in str(chief.error)
+
+
+def test_a_call_that_makes_the_oracle_raise_leaves_its_lock_free(serve_oracle):
+    # Ended COMPLETED without its objective, the trial makes Keras Tuner's
+    # `end_trial` raise inside its lock; every later call used to wait for good.
+    chief = serve_oracle(max_trials=2)
+    chief.keep_alive("w1")
+    chief.keep_alive("w2")
+    trial = chief.create_trial("w1")
+    trial.status = TrialStatus.COMPLETED
+    with pytest.raises(grpc.RpcError):
+        chief.stub("w1").EndTrial(internals.service().EndTrialRequest(trial=trial.to_proto()),
+                                  timeout=RPC_TIMEOUT)
+    assert not internals.holds_lock(chief.oracle)
+    started = time.monotonic()
+    assert chief.create_trial("w2").status == TrialStatus.RUNNING
+    assert time.monotonic() - started < RPC_TIMEOUT / 2
+
+
+def test_the_failure_limit_tells_every_worker_then_the_chief_raises(serve_oracle):
+    spec = specfile.load("part2-narrow").with_overrides(max_trials=6)
+    spec = dataclasses.replace(spec, tuner=dataclasses.replace(
+        spec.tuner, max_consecutive_failed_trials=2))
+    chief = serve_oracle(spec=spec)
+    chief.keep_alive("w1")
+    chief.keep_alive("w2")
+    first, second = chief.create_trial("w1"), chief.create_trial("w2")
+    service = internals.service()
+    for trial, worker in ((first, "w1"), (second, "w2")):
+        trial.status = TrialStatus.FAILED
+        trial.message = "FailedTrialError: loss became NaN"
+        chief.stub(worker).EndTrial(service.EndTrialRequest(trial=trial.to_proto()),
+                                    timeout=RPC_TIMEOUT)
+    assert not internals.holds_lock(chief.oracle)
+    assert chief.thread.is_alive()  # w1 and w2 are still to be told.
+    for worker in ("w1", "w2"):
+        with pytest.raises(grpc.RpcError) as told:
+            chief.create_trial(worker)
+        assert told.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert told.value.details().startswith("stopped after 2 failed trials in a row")
+    chief.thread.join(timeout=5)
+    assert not chief.thread.is_alive()
+    assert isinstance(chief.error, SweepStopped)
+    assert [chief.oracle.trials[t].status for t in ("0", "1")] == ["FAILED"] * 2
+    assert not chief.oracle.ongoing_trials  # Both ended and saved, not left running.
 
 
 # -- The worker's heartbeat ------------------------------------------------------

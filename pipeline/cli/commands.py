@@ -158,8 +158,18 @@ def list_specs():
 def sweep(spec, workers, role, oracle, worker_id, worker_timeout, chief_timeout,
           oracle_token_file, **options):
     """Run (or resume) the sweep SPEC: a name in sweeps/ or a YAML path."""
+    from pipeline.search import roles
+
+    id_source = "'--worker-id'"
+    if not role and not oracle and not workers:
+        # A scheduler may set Keras Tuner's own variables instead: the same checks.
+        role, oracle, env_id = roles.from_environment() or (None, None, None)
+        if env_id and not worker_id:
+            worker_id, id_source = env_id, roles.ENV_ID
     if workers and role:
         raise click.UsageError("--workers starts its own chief and workers: drop --role")
+    if role == "worker" and worker_id:
+        roles.check_worker_id(worker_id, id_source)
     if role and not oracle:
         raise click.BadParameter("--role needs the chief's address", param_hint="'--oracle'")
     if oracle and not role:
@@ -183,7 +193,7 @@ def sweep(spec, workers, role, oracle, worker_id, worker_timeout, chief_timeout,
     if role:
         distributed.set_role(role, oracle, worker_id or
                              f"worker-{socket.gethostname()}-{os.getpid()}", chief_timeout,
-                             token)
+                             token, id_source)
     _run_sweeps([spec], lambda s: dataset, options, worker_timeout=worker_timeout)
 
 
@@ -211,12 +221,15 @@ def _check_shared_store(role, oracle):
 
 
 def _oracle_token(role, token_file):
-    """The chief's and workers' shared token, checked before anything else (with --role)."""
+    """The chief's and workers' shared token (and TLS files), checked before anything
+    else (with --role)."""
     if not role:
         return None
     from pipeline.search import auth
 
-    return auth.require(auth.load_token(token_file), role)
+    token = auth.require(auth.load_token(token_file), role)
+    auth.check_tls(role)
+    return token
 
 
 def _sweep_args(spec_arg, options, worker_timeout, chief_timeout):

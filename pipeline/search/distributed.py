@@ -28,37 +28,46 @@ import time
 from concurrent import futures
 
 import grpc
-from keras_tuner import synchronized
 from keras_tuner.engine.trial import TrialStatus
 
-from pipeline.errors import InputError, SweepStopped
+from pipeline.errors import BadWorkerId, InputError
 from pipeline.search import auth, internals
+from pipeline.search.roles import ENV_ID, ENV_IP, ENV_PORT, check_worker_id
 from pipeline.search.servicer import IDLE_SECONDS, WatchingServicer
 
-ENV_ID = "KERASTUNER_TUNER_ID"
-ENV_IP = "KERASTUNER_ORACLE_IP"
-ENV_PORT = "KERASTUNER_ORACLE_PORT"
 HEARTBEAT_SECONDS = 2.0
 WORKER_TIMEOUT = 60.0
 CHIEF_TIMEOUT = 600.0
 MAX_CONCURRENT_CALLS = 64  # Beyond this the server answers RESOURCE_EXHAUSTED.
 SERVER_THREADS = 32  # Waiting workers each hold a thread for up to `IDLE_SECONDS`.
+LOST = "(lost)"  # The oracle's key for a lost trial being ended: never a worker's id.
 
 
-def set_role(role, oracle_address, worker_id=None, chief_timeout=CHIEF_TIMEOUT, token=None):
+def set_role(role, oracle_address, worker_id=None, chief_timeout=CHIEF_TIMEOUT, token=None,
+             id_source=BadWorkerId.param):
     """Sets Keras Tuner's environment for this process (`role`: chief or worker).
 
     `chief_timeout` bounds how long a worker waits for the chief to answer (Keras
     Tuner waits an hour, which keeps a batch job alive long after its chief is gone).
     `token` is the sweep's shared secret (`auth`); it is kept in the environment,
-    never on a command line.
+    never on a command line. `id_source` names where `worker_id` came from, for the
+    error when it is not a valid id.
+
+    Raises:
+        BadWorkerId: `worker_id` is not 1-63 letters, digits, ".", "_" or "-", or is
+            reserved.
+        TokenMissing, InputError: no token, or unreadable TLS files.
     """
+    worker_id = worker_id or f"worker{os.getpid()}"
+    if role == "worker":
+        check_worker_id(worker_id, id_source)
+    token = auth.require(token or os.environ.get(auth.ENV_TOKEN), role)
+    auth.check_tls(role)
     host, _, port = oracle_address.rpartition(":")
     os.environ[ENV_IP] = host
     os.environ[ENV_PORT] = port
-    os.environ[ENV_ID] = "chief" if role == "chief" else (worker_id or f"worker{os.getpid()}")
-    os.environ[auth.ENV_TOKEN] = auth.require(token or os.environ.get(auth.ENV_TOKEN), role)
-    auth.check_tls(role)
+    os.environ[ENV_ID] = "chief" if role == "chief" else worker_id
+    os.environ[auth.ENV_TOKEN] = token
     internals.set_client_timeout(chief_timeout)
 
 
@@ -105,7 +114,7 @@ class Heartbeat:
         self._stop.set()
 
 
-@synchronized
+@internals.synchronized
 def restore_leases(oracle, running):
     """A restarted chief gives each worker back the trial it was running.
 
@@ -150,7 +159,7 @@ def still_holds(oracle_client, trial_id):
     return True
 
 
-@synchronized
+@internals.synchronized
 def _give_back(oracle, tuner_id):
     """Takes a lost worker's trial back into the oracle's retry queue."""
     trial = oracle.ongoing_trials.pop(tuner_id, None)
@@ -161,14 +170,14 @@ def _give_back(oracle, tuner_id):
     return trial
 
 
-@synchronized
+@internals.synchronized
 def _pop_orphan(oracle):
     """Takes a trial waiting for a retry out of the queue (None if there is none)."""
     queue = internals.retry_queue(oracle)
     if not queue:
         return None
     trial = oracle.trials[queue.pop()]
-    oracle.ongoing_trials["lost"] = trial  # So that `end_trial` can close it.
+    oracle.ongoing_trials[LOST] = trial  # So that `end_trial` can close it.
     return trial
 
 
@@ -199,18 +208,18 @@ def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0,
         while True:
             time.sleep(poll_seconds)
             _drop_silent(oracle, servicer.last_seen, worker_timeout, on_lost)
-            if servicer.stop_triggered and not oracle.tuner_ids:
+            # Over once a worker was told so, once every trial was handed out (a worker
+            # that ended the last trial and died before asking again is never told,
+            # and must not keep the chief waiting), or once the oracle stopped the
+            # sweep (each worker is told when it next asks, then the chief raises).
+            told = servicer.stop_triggered or oracle.stopped
+            if told and not oracle.tuner_ids:
                 for trial in _fail_orphans(oracle, "its worker was lost and no worker "
                                                    "was left to re-run it"):
                     if on_lost:
                         on_lost(None, trial, False)
-            if getattr(oracle, "stopped", None):
-                raise SweepStopped(oracle.stopped)
-            # Over once a worker was told so, or once every trial was handed out: a
-            # worker that ended the last trial and died before asking again (SIGTERM)
-            # is never told, and must not keep the chief waiting.
-            over = servicer.stop_triggered or oracle.budget_spent()
-            if over and internals.chief_may_exit(oracle):
+            if (told or oracle.budget_spent()) and internals.chief_may_exit(oracle):
+                oracle.check_stopped()
                 return
     finally:
         server.stop(grace=5)

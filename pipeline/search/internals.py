@@ -19,6 +19,10 @@ Relied on (`MODULE_NAMES`, `CLASS_NAMES`, `ORACLE_STATE`):
   draws), `_random_values()` (a fresh feasible draw), `_check_consecutive_failures()`
   (turned into `SweepStopped`), `_save_trial(trial)`;
   `GridSearchOracle._get_next_combination(values)` (steps over infeasible points).
+- `keras_tuner.src.engine.oracle`: `LOCKS`, `THREADS` (each oracle's lock and the
+  name of the thread holding it): `synchronized` below takes the same lock as Keras
+  Tuner's `synchronized`, which never releases it when the call raises (a chief
+  whose oracle raised once would hang every later call, and its exit).
 - `keras_tuner.src.utils.save_json(path, obj)`: every state file Keras Tuner writes
   goes through it (looked up at call time); replaced by one that writes a
   temporary file and renames it, so a crash never leaves half a file.
@@ -35,9 +39,11 @@ Relied on (`MODULE_NAMES`, `CLASS_NAMES`, `ORACLE_STATE`):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
+import threading
 
 import keras_tuner
 from keras_tuner.src import config as kt_config
@@ -45,6 +51,7 @@ from keras_tuner.src import protos
 from keras_tuner.src import utils as kt_utils
 from keras_tuner.src.distribute import oracle_chief, oracle_client
 from keras_tuner.src.distribute import utils as dist_utils
+from keras_tuner.src.engine import oracle as kt_oracle
 
 CHECKED_VERSION = "1.4.8"
 
@@ -55,6 +62,7 @@ MODULE_NAMES = {
     "keras_tuner.src.distribute.utils": ("has_chief_oracle", "is_chief_oracle"),
     "keras_tuner.src.utils": ("save_json",),
     "keras_tuner.src.config": ("DEBUG",),
+    "keras_tuner.src.engine.oracle": ("LOCKS", "THREADS"),
 }
 CLASS_NAMES = {
     keras_tuner.Oracle: ("_duplicate", "_random_values", "_check_consecutive_failures",
@@ -139,6 +147,54 @@ def print_trial_tracebacks(on):
 def run_and_update_trial(tuner, trial, *fit_args):
     """Runs one trial as Keras Tuner's own search loop does, outcome on `trial`."""
     tuner._try_run_and_update_trial(trial, *fit_args)
+
+
+# -- The oracle's lock -------------------------------------------------------------
+
+# The oracle methods that take its lock (Keras Tuner's entry points, called by the
+# chief's servicer and by a tuner in this process).
+LOCKED_METHODS = ("create_trial", "update_trial", "end_trial", "get_space", "update_space",
+                  "get_trial", "get_best_trials")
+
+
+def synchronized(func):
+    """Keras Tuner's `synchronized` (one call at a time per oracle, re-entrant within a
+    thread), releasing the oracle's lock however `func` ends.
+
+    Keras Tuner's own decorator releases the lock only when the call returns: once
+    a call raised (the failure limit, a trial ended without its objective), every
+    later call of every thread would wait for good. Taken first by the outermost
+    call, this lock makes Keras Tuner's inner ones re-entrant, so they never hold it.
+    """
+
+    @functools.wraps(func)
+    def locked(oracle, *args, **kwargs):
+        name = threading.current_thread().name
+        outermost = kt_oracle.THREADS[oracle] != name
+        if outermost:
+            kt_oracle.LOCKS[oracle].acquire()
+            kt_oracle.THREADS[oracle] = name
+        try:
+            return func(oracle, *args, **kwargs)
+        finally:
+            if outermost:
+                kt_oracle.THREADS[oracle] = None
+                kt_oracle.LOCKS[oracle].release()
+
+    return locked
+
+
+def lock_released_on_errors(cls):
+    """Class decorator: `cls`'s `LOCKED_METHODS` wrapped in `synchronized`."""
+    for method in LOCKED_METHODS:
+        inherited = getattr(cls, method)
+        setattr(cls, method, synchronized(inherited))
+    return cls
+
+
+def holds_lock(oracle):
+    """Whether some thread holds the oracle's lock (for tests and checks)."""
+    return kt_oracle.LOCKS[oracle].locked()
 
 
 # -- Oracle state ----------------------------------------------------------------

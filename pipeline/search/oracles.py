@@ -14,8 +14,7 @@ from __future__ import annotations
 import re
 
 import keras_tuner
-from keras_tuner import synchronized
-from keras_tuner.engine.trial import TrialStatus
+from keras_tuner.engine.trial import Trial, TrialStatus
 
 from pipeline.errors import SweepStopped
 from pipeline.search import internals
@@ -45,12 +44,27 @@ class ConstrainedOracle:
         self.stopped = None
 
     def _check_consecutive_failures(self):
+        """Notes that the sweep stops (`stopped`, the reason) rather than raising in the
+        middle of `end_trial`: the trial is still saved and ended, and every later
+        `create_trial` answers STOPPED, so each process ends its search loop cleanly
+        (the tuner, or the chief's server, then raises `SweepStopped`)."""
         try:
             super()._check_consecutive_failures()
         except RuntimeError as e:
             self.stopped = (f"stopped after {self._failures_in_a_row()} failed "
                             f"trials in a row; the last: {failure_reason(str(e))}")
-            raise SweepStopped(self.stopped) from None
+
+    @internals.synchronized
+    def create_trial(self, tuner_id):
+        if self.stopped and tuner_id not in self.ongoing_trials:
+            self.tuner_ids.discard(tuner_id)
+            return Trial(self.get_space(), status=TrialStatus.STOPPED)
+        return super().create_trial(tuner_id)
+
+    def check_stopped(self):
+        """Raises `SweepStopped` when the sweep stopped (the failure limit)."""
+        if self.stopped:
+            raise SweepStopped(self.stopped)
 
     def _failures_in_a_row(self):
         """The longest run of FAILED trials in end order: more than the limit when a
@@ -61,14 +75,14 @@ class ConstrainedOracle:
             longest = max(longest, run)
         return longest
 
-    @synchronized
+    @internals.synchronized
     def end_trial(self, trial):
         super().end_trial(trial)
         # Keras Tuner saves its state before it drops the trial from the ongoing
         # ones, so a reload would run the last finished trial again: save once more.
         self.save()
 
-    @synchronized
+    @internals.synchronized
     def requeue(self, trial_ids):
         """Runs completed trials again (their results never reached MLflow)."""
         for trial_id in trial_ids:
@@ -107,20 +121,24 @@ class ConstrainedOracle:
         return {"status": TrialStatus.RUNNING, "values": values}
 
 
+@internals.lock_released_on_errors
 class RandomSearchOracle(ConstrainedOracle, keras_tuner.oracles.RandomSearchOracle):
     pass
 
 
+@internals.lock_released_on_errors
 class BayesianOptimizationOracle(
     ConstrainedOracle, keras_tuner.oracles.BayesianOptimizationOracle
 ):
     pass
 
 
+@internals.lock_released_on_errors
 class HyperbandOracle(ConstrainedOracle, keras_tuner.oracles.HyperbandOracle):
     pass
 
 
+@internals.lock_released_on_errors
 class GridSearchOracle(ConstrainedOracle, keras_tuner.oracles.GridSearchOracle):
     """Walks the grid in Keras Tuner's order, stepping over infeasible points."""
 

@@ -23,7 +23,6 @@ import time
 
 from keras_tuner.engine.trial import TrialStatus
 
-from pipeline.errors import SweepStopped
 from pipeline.search import distributed, internals, lifecycle
 from pipeline.tracking import names
 from pipeline.training import packed
@@ -141,15 +140,9 @@ def run_pack(tuner, trials, dataset):
         _train(tuner, members, dataset)
     # One at a time, so the oracle never sees a completed trial it has not scored.
     # Every trial of the pack is ended, even once the oracle stops the sweep.
-    stopped = None
     for life in lives:
         _report(tuner, life)
-        try:
-            tuner.on_trial_end(life.trial)
-        except SweepStopped as e:
-            stopped = e
-    if stopped is not None:
-        raise stopped
+        tuner.on_trial_end(life.trial)
 
 
 def _report(tuner, life):

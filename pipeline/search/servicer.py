@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 
 import grpc
-from keras_tuner import synchronized
 from keras_tuner.engine.trial import Trial, TrialStatus
 
 from pipeline.search import auth, internals
@@ -53,6 +52,9 @@ class WatchingServicer(internals.OracleServicer):
         if request.tuner_id != worker and not request.tuner_id.startswith(f"{worker}/"):
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           f"worker {worker!r} asked for a trial as {request.tuner_id!r}")
+        if self.oracle.stopped and not _holds_a_trial(self.oracle, request.tuner_id):
+            _forget(self.oracle, worker)  # Told: it exits, as every worker that asks.
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.oracle.stopped)
         if not _only_others_running(self.oracle, request.tuner_id):
             response = super().CreateTrial(request, context)
             stopped = Trial.from_proto(response.trial).status == TrialStatus.STOPPED
@@ -123,14 +125,19 @@ def _objective_names(oracle):
     return [objective.name]
 
 
-@synchronized
+@internals.synchronized
 def _holder(oracle, trial_id):
     """(tuner id, trial) of the running trial `trial_id`; (None, None) if none runs it."""
     return next(((tid, trial) for tid, trial in oracle.ongoing_trials.items()
                  if trial.trial_id == trial_id), (None, None))
 
 
-@synchronized
+@internals.synchronized
+def _holds_a_trial(oracle, tuner_id):
+    return tuner_id in oracle.ongoing_trials
+
+
+@internals.synchronized
 def _forget(oracle, worker):
     """Drops a worker that was told to stop, and the sub ids its packs ran under."""
     for tuner_id in list(oracle.tuner_ids):
@@ -138,7 +145,7 @@ def _forget(oracle, worker):
             oracle.tuner_ids.discard(tuner_id)
 
 
-@synchronized
+@internals.synchronized
 def _only_others_running(oracle, tuner_id):
     """Whether the trial budget is spent while other workers' trials still run."""
     if not (oracle.budget_spent() and tuner_id not in oracle.ongoing_trials):
@@ -146,7 +153,7 @@ def _only_others_running(oracle, tuner_id):
     return _waits_for_others(oracle, tuner_id)
 
 
-@synchronized
+@internals.synchronized
 def _waits_for_others(oracle, tuner_id):
     """True, and `tuner_id` kept registered, when other workers' trials still run, so
     that this worker is told to wait (and can take over a lost worker's trial)."""

@@ -148,6 +148,8 @@ class SweepTuner(keras_tuner.Tuner):
         except BaseException:  # Stopping: no run of this process is left RUNNING.
             self.lifecycle.abandon()
             raise
+        if distributed.role() is None:
+            self.oracle.check_stopped()  # The failure limit ended the search loop.
 
     def _lost(self, worker, trial, re_issued):
         outcome = ("re-issued to the next worker" if re_issued
