@@ -593,6 +593,33 @@ def test_a_restarted_chief_gives_each_live_worker_its_trial_back(tmp_path, serve
     assert "w1" in after.tuner_ids
 
 
+def test_a_packed_worker_restarted_with_its_chief_gets_every_restored_trial_back(
+        tmp_path, chief_env):
+    # The chief restores the pack's leases under "wp", "wp/0", "wp/1"; the packed
+    # worker, restarted too, asks under "wp/0", "wp/1", "wp/2": the lease kept under
+    # "wp" used to wait for good, the worker's heartbeat keeping it alive.
+    spec = specfile.load("part2-narrow").with_overrides(max_trials=3)
+    before = real_oracle(tmp_path, spec)
+    trials = [before.create_trial(f"wp/{i}") for i in range(3)]
+    before.save()
+    after = real_oracle(tmp_path, spec)
+    after.reload()
+    assert len(distributed.restore_leases(after, [("wp", t.trial_id) for t in trials])) == 3
+    chief = Chief(after, chief_env)
+    try:
+        chief.keep_alive("wp")
+        got = [chief.create_trial("wp", f"wp/{i}") for i in range(3)]
+        assert [t.status for t in got] == [TrialStatus.RUNNING] * 3
+        assert sorted(t.trial_id for t in got) == ["0", "1", "2"]
+        assert len(after.trials) == 3  # Its own trials, not new draws.
+        for trial in got:
+            chief.finish(trial, "wp")
+        assert chief.create_trial("wp", "wp/0").status == TrialStatus.STOPPED
+        chief.wait_until_served()
+    finally:
+        chief.stop()
+
+
 # -- TLS -------------------------------------------------------------------------
 
 def self_signed(directory, host="127.0.0.1"):

@@ -121,9 +121,15 @@ def restore_leases(oracle, running):
     Keras Tuner's reload puts every trial that was running into the retry queue,
     where the next worker to ask would train it a second time, while the worker
     that had it may well be alive and still training. Each (worker, trial id) in
-    `running` (from the trial runs left RUNNING in MLflow) is handed back to its
-    worker instead, as a lease: if the worker calls within the worker timeout, it
-    finishes its trial; if not, the trial is given back as for any lost worker.
+    `running` (from the trial runs left RUNNING in MLflow, or FINISHED but not yet
+    reported) is handed back to its worker instead, as a lease: if the worker calls
+    within the worker timeout, it finishes its trial; if not, the trial is given
+    back as for any lost worker.
+
+    A lease is kept under the worker's id or one of its sub ids, which need not be
+    the id the worker asks under next (a packed worker restarted with its chief
+    asks under `<id>/0`, `<id>/1`, ...): the servicer hands a restored lease to
+    whichever of the worker's ids asks first (`oracle.restored_leases`).
 
     Returns:
         The (worker, trial id) pairs restored.
@@ -133,11 +139,11 @@ def restore_leases(oracle, running):
     for worker, trial_id in running:
         if trial_id in queue:
             queue.remove(trial_id)
-            # A packed worker ran several trials at once, under sub ids.
             key = next(k for k in (worker, *(f"{worker}/{i}" for i in range(len(running))))
                        if k not in oracle.ongoing_trials)
             oracle.ongoing_trials[key] = oracle.trials[trial_id]
             oracle.tuner_ids.add(key)
+            oracle.restored_leases.add(key)
             restored.append((worker, trial_id))
     return restored
 

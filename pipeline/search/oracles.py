@@ -41,7 +41,10 @@ class ConstrainedOracle:
         super().__init__(*args, max_retries_per_trial=MAX_RETRIES_PER_TRIAL, **kwargs)
         self.space = space
         internals.set_max_collisions(self, MAX_REJECTIONS)
-        self.stopped = None
+        self.stopped = None  # Why the sweep stopped (the failure limit), once it has.
+        # On a restarted chief, the keys of the leases it gave back to workers that
+        # have not called since (`distributed.restore_leases`).
+        self.restored_leases = set()
 
     def _check_consecutive_failures(self):
         """Notes that the sweep stops (`stopped`, the reason) rather than raising in the

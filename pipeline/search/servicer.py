@@ -55,6 +55,7 @@ class WatchingServicer(internals.OracleServicer):
         if self.oracle.stopped and not _holds_a_trial(self.oracle, request.tuner_id):
             _forget(self.oracle, worker)  # Told: it exits, as every worker that asks.
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.oracle.stopped)
+        _claim_restored_lease(self.oracle, worker, request.tuner_id)
         if not _only_others_running(self.oracle, request.tuner_id):
             response = super().CreateTrial(request, context)
             stopped = Trial.from_proto(response.trial).status == TrialStatus.STOPPED
@@ -127,9 +128,33 @@ def _objective_names(oracle):
 
 @internals.synchronized
 def _holder(oracle, trial_id):
-    """(tuner id, trial) of the running trial `trial_id`; (None, None) if none runs it."""
-    return next(((tid, trial) for tid, trial in oracle.ongoing_trials.items()
-                 if trial.trial_id == trial_id), (None, None))
+    """(tuner id, trial) of the running trial `trial_id`; (None, None) if none runs it.
+    A restored lease whose trial is asked about is claimed: its worker is alive."""
+    tuner_id, trial = next(((tid, trial) for tid, trial in oracle.ongoing_trials.items()
+                            if trial.trial_id == trial_id), (None, None))
+    oracle.restored_leases.discard(tuner_id)
+    return tuner_id, trial
+
+
+@internals.synchronized
+def _claim_restored_lease(oracle, worker, tuner_id):
+    """Hands `worker` a trial a restarted chief restored to it under another of its ids.
+
+    Keras Tuner gives a tuner id back the trial it holds; a worker that asks under
+    an id with none (a packed worker asks under `<id>/0`, ... whatever its lease's
+    key) gets one of its restored leases moved to that id, so that no lease waits
+    for an id that will never ask while the worker's heartbeat keeps it alive.
+    """
+    oracle.restored_leases.discard(tuner_id)
+    if tuner_id in oracle.ongoing_trials:
+        return
+    key = next((k for k in sorted(oracle.restored_leases)
+                if k == worker or k.startswith(f"{worker}/")), None)
+    if key is not None:
+        oracle.restored_leases.discard(key)
+        oracle.ongoing_trials[tuner_id] = oracle.ongoing_trials.pop(key)
+        oracle.tuner_ids.discard(key)
+        oracle.tuner_ids.add(tuner_id)
 
 
 @internals.synchronized

@@ -98,7 +98,10 @@ class SweepTuner(keras_tuner.Tuner):
         self._parent = parent
         self.requeue_unlogged()
         if distributed.role() == "chief":
-            running = runs.trial_runs(parent.run_id, status="RUNNING")
+            # RUNNING first; a FINISHED run's worker may be about to report its trial.
+            running = sorted((r for r in runs.trial_runs(parent.run_id)
+                              if r.info.status in ("RUNNING", "FINISHED")),
+                             key=lambda r: r.info.status != "RUNNING")
             restored = set(distributed.restore_leases(self.oracle, [
                 (r.data.tags[names.WORKER], r.data.tags[names.TRIAL_ID]) for r in running]))
             self.leased_runs = {r.info.run_id for r in running if (
