@@ -132,6 +132,52 @@ def test_a_chief_restarted_under_a_live_worker_loses_nothing_and_logs_nothing_tw
     assert f"{victim.data.tags[names.TRIAL_ID]} on w1" in again.text
 
 
+def test_a_waiting_worker_outlives_its_chiefs_restart(tracking_server, client, workdir,
+                                                     mnist_path):
+    # One trial, two workers: one trains it, the other waits in a call the chief holds
+    # (IDLE). That call fails at once when the chief dies: the worker must wait for
+    # the restarted chief (up to --chief-timeout), not exit 1.
+    port = free_port()
+    chief = start(mnist_path, workdir, port, 1)
+    workers = [start(mnist_path, workdir, port, 1, role="worker", worker_id=w)
+               for w in ("w1", "w2")]
+    wait_for(lambda: mid_trial(client), 300, "the trial mid-way")
+    wait_for(lambda: all("worker for" in w.text for w in workers), 120, "both workers")
+    chief.kill()
+    again = start(mnist_path, workdir, port, 1)
+    assert again.wait() == 0, again.text
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0, worker.text
+        assert "lost the chief" not in worker.text
+    check_complete(client, 1, epochs=10)
+
+
+def test_the_failure_limit_ends_chief_and_workers_with_one_line_each(
+        tracking_server, client, workdir, mnist_path):
+    spec = workdir / "diverging.yaml"
+    spec.write_text(
+        "name: diverging\ndescription: every trial diverges\n"
+        "search_space: {hidden_layers: 2, units: {min: 60, max: 70}, activation: relu,\n"
+        "               learning_rate: 1000000.0}\n"
+        "tuner: {max_trials: 8, max_consecutive_failed_trials: 2}\n")
+    port = free_port()
+    address = ["--role", "chief", "--oracle", f"127.0.0.1:{port}"]
+    args = [str(spec), "--data", mnist_path, "--train-limit", "2000", "--epochs", "2"]
+    env = {auth.ENV_TOKEN: TOKEN}
+    chief = SweepProcess([*args, *address], workdir, env=env)
+    workers = [SweepProcess([*args, *address[:1], "worker", *address[2:], "--worker-id", w],
+                            workdir, env=env) for w in ("w1", "w2")]
+    for process in (chief, *workers):
+        assert process.wait(timeout=300) == 1, process.text
+        errors = [line for line in process.text.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1, process.text
+        assert "failed trials in a row" in errors[0]
+        assert "Traceback" not in process.text
+    assert not [r for r in runs(client) if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs(client)} == {"FAILED"}
+    assert [r.info.status for r in runs(client, "parent")] == ["FAILED"]
+
+
 @pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "workers"])
 def test_ctrl_c_stops_every_process_once_with_every_run_killed(
         tracking_server, client, workdir, mnist_path, workers):

@@ -152,10 +152,20 @@ class _CallDetails(collections.namedtuple("_CallDetails", (
     """A call's details with the credentials' metadata added."""
 
 
-def channel(address, token, worker_id, environ=os.environ):
+# gRPC waits up to 120 s between attempts to reach a chief that went away, longer
+# than the chief's worker timeout: a worker would come back after the restarted chief
+# had given its trial away. Retry every second, at most 5 s apart.
+RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 1000),
+                     ("grpc.min_reconnect_backoff_ms", 1000),
+                     ("grpc.max_reconnect_backoff_ms", 5000))
+
+
+def channel(address, token, worker_id, environ=os.environ, interceptors=()):
     """A channel to the chief whose every call carries the token and the worker's id
-    (over TLS, verified against `MNIST_SWEEPS_ORACLE_TLS_CA`, when that is set)."""
+    (over TLS, verified against `MNIST_SWEEPS_ORACLE_TLS_CA`, when that is set), then
+    goes through `interceptors`."""
     ca = _pem(ENV_TLS_CA, environ)
-    base = (grpc.secure_channel(address, grpc.ssl_channel_credentials(ca)) if ca
-            else grpc.insecure_channel(address))
-    return grpc.intercept_channel(base, _Credentials(token, worker_id))
+    base = (grpc.secure_channel(address, grpc.ssl_channel_credentials(ca),
+                                options=RECONNECT_OPTIONS) if ca
+            else grpc.insecure_channel(address, options=RECONNECT_OPTIONS))
+    return grpc.intercept_channel(base, *interceptors, _Credentials(token, worker_id))

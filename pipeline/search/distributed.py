@@ -84,7 +84,29 @@ def tuner_id():
 
 def _channel():
     return auth.channel(f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}",
-                        os.environ[auth.ENV_TOKEN], tuner_id())
+                        os.environ[auth.ENV_TOKEN], tuner_id(),
+                        interceptors=[WaitForChief()])
+
+
+class WaitForChief(grpc.UnaryUnaryClientInterceptor):
+    """Calls the chief again while it is away (UNAVAILABLE), up to the chief timeout.
+
+    gRPC's `wait_for_ready` waits for a chief that is not there when a call starts,
+    but a call in flight when the chief dies fails at once: a worker would give up
+    within seconds on a chief that a scheduler restarts. Each retry waits
+    `RETRY_SECONDS`; the call's own timeout still bounds each attempt.
+    """
+
+    RETRY_SECONDS = 1.0
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        deadline = time.monotonic() + internals.client_timeout()
+        while True:
+            outcome = continuation(client_call_details, request)
+            if (outcome.code() != grpc.StatusCode.UNAVAILABLE
+                    or time.monotonic() + self.RETRY_SECONDS > deadline):
+                return outcome
+            time.sleep(self.RETRY_SECONDS)
 
 
 def authenticate(oracle_client):
