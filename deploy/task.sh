@@ -24,7 +24,9 @@
 #                      only: never an argument, never printed.
 # The task index is JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_PROCID.
 # MLFLOW_TRACKING_URI, MNIST_NPZ and MNIST_SWEEPS_DIR pass through in the environment;
-# the tracking URI may hold credentials, so nothing here ever prints it.
+# the tracking URI may hold credentials, so nothing here ever prints it. So do the
+# optional oracle TLS files (PEM paths): MNIST_SWEEPS_ORACLE_TLS_CERT and _KEY, with
+# which the chief serves TLS, and MNIST_SWEEPS_ORACLE_TLS_CA, with which workers verify it.
 set -euo pipefail
 
 die() {

@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 from pipeline.cli.commands import sweep as sweep_command
+from pipeline.errors import InputError, Interrupted, PipelineError
+from pipeline.search import auth
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = REPO / "deploy" / "task.sh"
@@ -344,6 +346,7 @@ def test_sbatch_never_prints_the_token_it_makes(tmp_path):
 SRUN = """#!/bin/bash
 # srun stand-in: runs the step's tasks here, two for the workers' component.
 tasks=1
+[[ -z ${STEPS:-} ]] || echo "$*" >> "$STEPS"
 while [[ $1 == --* ]]; do
   [[ $1 == --het-group=1 ]] && tasks=2
   [[ $1 == --export=ALL,* ]] && export "${1#--export=ALL,}"
@@ -369,7 +372,7 @@ exit "$WORKERS"
 """
 
 
-def run_sbatch(tmp_path, chief, workers):
+def run_sbatch(tmp_path, chief, workers, **more_env):
     """Runs sweep.sbatch for real with srun and python stand-ins; returns its status."""
     for name, text in (("srun", SRUN), ("python", PYTHON)):
         (tmp_path / name).write_text(text)
@@ -378,7 +381,8 @@ def run_sbatch(tmp_path, chief, workers):
            "SLURM_SUBMIT_DIR": str(REPO), "SWEEP_SPEC": "part3",
            "SWEEP_GRACE_SECONDS": "1", "SWEEP_PYTHON": str(tmp_path / "python"),
            "REAL_PYTHON": sys.executable, "TOKENS": str(tmp_path / "tokens"),
-           "CHIEF": chief, "WORKERS": workers, "MLFLOW_TRACKING_URI": TRACKING_URI}
+           "CHIEF": chief, "WORKERS": workers, "MLFLOW_TRACKING_URI": TRACKING_URI,
+           **more_env}
     result = subprocess.run([BASH, str(SBATCH)], env=env, capture_output=True,
                             text=True, timeout=60)
     assert SECRET not in result.stdout + result.stderr
@@ -399,6 +403,53 @@ def test_sbatch_exits_with_the_chiefs_status(tmp_path, chief, workers, status):
 
 def test_sbatch_stops_a_chief_whose_workers_are_gone(tmp_path):
     assert run_sbatch(tmp_path, "hang", "1") == 128 + 15  # SIGTERM after the grace
+
+
+def sbatch_steps(tmp_path, **env):
+    """The options of each srun step the batch script starts, by het group."""
+    steps = tmp_path / "steps"
+    assert run_sbatch(tmp_path, "0", "0", STEPS=str(steps), **env) == 0
+    options = [line.split(" deploy/task.sh")[0].split() for line in
+               steps.read_text().splitlines()]
+    return {next(o for o in step if o.startswith("--het-group=")): step for step in options}
+
+
+def test_every_srun_step_asks_for_its_components_cpus(tmp_path):
+    # Since Slurm 22.05 srun does not take --cpus-per-task from the job: each step
+    # passes its own component's, as Slurm gives it to the batch script...
+    steps = sbatch_steps(tmp_path, SLURM_CPUS_PER_TASK="3",
+                         SLURM_CPUS_PER_TASK_HET_GROUP_0="3",
+                         SLURM_CPUS_PER_TASK_HET_GROUP_1="5")
+    assert sorted(steps) == ["--het-group=0", "--het-group=1"]
+    assert "--cpus-per-task=3" in steps["--het-group=0"]
+    assert "--cpus-per-task=5" in steps["--het-group=1"]
+    # ...and, without those variables, the #SBATCH directives' values.
+    steps = sbatch_steps(tmp_path)
+    for step, component in zip(("--het-group=0", "--het-group=1"), sbatch_components(),
+                               strict=True):
+        (cpus,) = [o for o in component if o.startswith("--cpus-per-task=")]
+        assert cpus in steps[step]
+
+
+@pytest.mark.parametrize("job_id", [0, 1, 11999, 12000, 12767, 19999, 31999, 987654321])
+def test_sbatch_port_stays_below_the_ephemeral_range(job_id):
+    # Linux hands out 32768-60999 to outgoing connections: a chief's port there may
+    # already be taken on its node.
+    result = run(SBATCH, {"SWEEP_SPEC": "part3", "SLURM_JOB_ID": str(job_id)},
+                 path="/usr/bin:/bin")
+    assert result.returncode == 0, result.stderr
+    (port,) = {parse(line)["oracle"].rpartition(":")[2]
+               for line in result.stdout.splitlines()}
+    assert 1024 <= int(port) < 32768
+
+
+def test_sbatch_ports_differ_between_neighbouring_jobs():
+    ports = set()
+    for job_id in (4000, 4001, 4002):
+        result = run(SBATCH, {"SWEEP_SPEC": "part3", "SLURM_JOB_ID": str(job_id)},
+                     path="/usr/bin:/bin")
+        ports.add(parse(result.stdout.splitlines()[0])["oracle"])
+    assert len(ports) == 3
 
 
 # --- Kubernetes ------------------------------------------------------------------
@@ -461,7 +512,8 @@ def test_job_is_indexed_with_a_chief_and_workers(manifests):
     spec = manifests["Job"]["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] >= 2
-    assert spec["template"]["spec"]["restartPolicy"] == "OnFailure"
+    # Never: a failed container fails its pod, for podFailurePolicy to judge.
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
     assert container(spec)["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
@@ -483,6 +535,60 @@ def test_job_waits_for_every_pod_and_lets_it_finish(manifests):
     assert pod_spec(spec)["terminationGracePeriodSeconds"] >= 45
 
 
+def failure_action(job_spec, exit_code, disrupted=False):
+    """What the Job does with a pod whose container exited `exit_code`, as Kubernetes
+    reads podFailurePolicy: the first rule that matches; none: Count (backoffLimit)."""
+    names = {c["name"] for c in job_spec["template"]["spec"]["containers"]}
+    for rule in job_spec.get("podFailurePolicy", {}).get("rules", []):
+        codes = rule.get("onExitCodes")
+        if codes and codes.get("containerName") in (None, *names):
+            if (exit_code in codes["values"]) == (codes["operator"] == "In"):
+                return rule["action"]
+        for pattern in rule.get("onPodConditions", []):
+            if (disrupted and pattern["type"] == "DisruptionTarget"
+                    and pattern.get("status", "True") == "True"):
+                return rule["action"]
+    return "Count"
+
+
+@pytest.mark.parametrize("kind", ["Job", "CronJob"])
+def test_pod_failure_policy_is_one_kubernetes_accepts(manifests, kind):
+    spec = manifests["Job"]["spec"] if kind == "Job" else (
+        manifests["CronJob"]["spec"]["jobTemplate"]["spec"])
+    rules = spec["podFailurePolicy"]["rules"]
+    assert pod_spec(spec)["restartPolicy"] == "Never"  # The API requires it.
+    names = {c["name"] for c in pod_spec(spec)["containers"]}
+    for rule in rules:
+        assert rule["action"] in {"FailJob", "Ignore", "Count"}
+        assert ("onExitCodes" in rule) != ("onPodConditions" in rule)
+        if "onExitCodes" in rule:
+            codes = rule["onExitCodes"]
+            assert codes["containerName"] in names
+            assert codes["operator"] in {"In", "NotIn"}
+            values = codes["values"]
+            assert values == sorted(set(values)) and 0 not in values
+
+
+@pytest.mark.parametrize("exit_code, disrupted, action", [
+    (PipelineError.exit_code, False, "FailJob"),  # 1: the sweep cannot go on
+    (InputError.exit_code, False, "FailJob"),  # 2: bad spec or option
+    (Interrupted.exit_code, True, "Ignore"),  # 143: pre-empted, evicted
+    (137, True, "Ignore"),  # SIGKILL after the grace period of a disruption
+    (1, True, "Ignore"),  # a disrupted pod is retried whatever its status
+    (137, False, "Count"),  # OOM-killed: retried, up to backoffLimit
+    (Interrupted.exit_code, False, "Count"),
+    (139, False, "Count")])
+def test_pod_failure_policy_by_exit_status(manifests, exit_code, disrupted, action):
+    spec = manifests["Job"]["spec"]
+    assert failure_action(spec, exit_code, disrupted) == action
+
+
+def test_backoff_limit_is_for_the_failures_a_retry_may_cure(manifests):
+    # Exits 1 and 2 end the Job at once, disruptions are not counted: what is left
+    # (OOM kills, crashes) needs few tries.
+    assert 1 <= manifests["Job"]["spec"]["backoffLimit"] <= 10
+
+
 def test_job_runs_task_sh(manifests):
     command = container(manifests["Job"]["spec"])["command"]
     assert command[-1].endswith("deploy/task.sh")
@@ -492,7 +598,7 @@ def documented_secret():
     """The name and keys of the Secret that deploy/k8s/README.md's kubectl command makes."""
     text = K8S_README.read_text()
     (name,) = re.findall(r"kubectl create secret generic (\S+)", text)
-    return name, set(re.findall(r"--from-literal=([\w.-]+)=", text))
+    return name, set(re.findall(r"--from-(?:literal|file)=([\w.-]+)=", text))
 
 
 @pytest.mark.parametrize("variable", ["MNIST_SWEEPS_ORACLE_TOKEN", "MLFLOW_TRACKING_URI"])
@@ -507,6 +613,49 @@ def test_credentials_come_from_the_documented_secret(manifests, variable):
 
 def test_documented_token_is_random():
     assert "secrets.token_urlsafe(32)" in K8S_README.read_text()
+
+
+def test_documented_commands_keep_secrets_off_command_lines():
+    # A command's arguments are readable by every user of the machine (ps).
+    assert "--from-literal" not in K8S_README.read_text()
+    for line in SBATCH.read_text().splitlines():
+        if re.match(r"#\s+sbatch ", line):
+            assert "MLFLOW_TRACKING_URI=" not in line and "TOKEN=" not in line
+
+
+DOCS = (K8S_README, MANIFESTS, SBATCH, TASK)
+
+
+@pytest.mark.parametrize("claim", [
+    "offers no TLS", "no TLS option", "ends Failed", "for an hour",
+    "restarts in its own pod", "retried until backoffLimit"])
+def test_docs_make_no_stale_claim(claim):
+    for doc in DOCS:
+        text = " ".join(doc.read_text().replace("#", " ").split())
+        assert claim.lower() not in text.lower(), (doc.name, claim)
+
+
+def test_readme_says_what_the_code_does():
+    text = " ".join(K8S_README.read_text().split())
+    # Optional TLS, by the variables the code reads.
+    for variable in (auth.ENV_TOKEN, auth.ENV_TLS_CERT, auth.ENV_TLS_KEY, auth.ENV_TLS_CA):
+        assert variable in text, variable
+    # The timeouts, with the CLI's defaults.
+    defaults = {p.opts[0]: p.default for p in sweep_command.params if p.opts}
+    for option in ("--chief-timeout", "--worker-timeout"):
+        found = re.findall(re.escape(option) + r"`? \((\d+) s\)", text)
+        assert found and {int(s) for s in found} == {int(defaults[option])}, option
+
+
+def test_docs_and_policy_agree_on_the_exit_codes(manifests):
+    spec = manifests["Job"]["spec"]
+    (fail,) = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert set(fail["onExitCodes"]["values"]) == {PipelineError.exit_code,
+                                                  InputError.exit_code}
+    text = " ".join(K8S_README.read_text().split())
+    for code in fail["onExitCodes"]["values"]:
+        assert re.search(rf"exits {code}: [^|]+\| fails at once", text), code
+    assert f"`backoffLimit` ({spec['backoffLimit']})" in text
 
 
 def test_pods_run_unprivileged_on_a_read_only_root(manifests):
