@@ -384,6 +384,23 @@ def test_serve_raises_when_the_oracle_stops_the_sweep(serve_oracle):
     assert "3 failed trials" in str(chief.error)
 
 
+def test_ending_a_trial_cannot_add_to_the_search_space(serve_oracle):
+    chief = serve_oracle(max_trials=2)
+    chief.keep_alive("w1")
+    trial = chief.create_trial("w1")
+    chief.stub("w1").UpdateTrial(internals.service().UpdateTrialRequest(
+        trial_id=trial.trial_id, metrics={"val_accuracy": 0.5}), timeout=RPC_TIMEOUT)
+    # Same values, one more definition (inactive: its condition never holds).
+    with trial.hyperparameters.conditional_scope("activation", ["no-such-activation"]):
+        trial.hyperparameters.Int("planted", 0, 10)
+    assert "planted" not in trial.hyperparameters.values
+    trial.status = TrialStatus.COMPLETED
+    chief.stub("w1").EndTrial(internals.service().EndTrialRequest(trial=trial.to_proto()),
+                              timeout=RPC_TIMEOUT)
+    assert chief.oracle.trials[trial.trial_id].status == TrialStatus.COMPLETED
+    assert "planted" not in [hp.name for hp in chief.oracle.get_space().space]
+
+
 def test_a_call_that_makes_the_oracle_raise_leaves_its_lock_free(serve_oracle):
     # Ended COMPLETED without its objective, the trial makes Keras Tuner's
     # `end_trial` raise inside its lock; every later call used to wait for good.

@@ -1,6 +1,7 @@
 """Distributed sweeps, resume after a crash, and faults, against a real PostgreSQL-backed
 `mlflow server` (see the `tracking_server` fixture)."""
 
+import os
 import signal
 import subprocess
 import time
@@ -134,6 +135,22 @@ def test_sigterm_ends_the_trial_run_and_exits_non_zero(tracking_server, client, 
     assert second.wait() == 0, second.text
     resumed, _ = check_complete(client, 3, LONG_EPOCHS)
     assert resumed.info.run_id == parent.info.run_id
+
+
+def test_sigterm_with_a_hung_tracking_server_still_ends_within_the_grace_period(
+        tracking_server, client, workdir, mnist_path):
+    # A server that accepts connections and never answers (stopped, swapping, a
+    # dead proxy): MLflow's client would wait 120 s per attempt, 8 attempts per call.
+    sweep = SweepProcess(sweep_args(mnist_path, 3, epochs=LONG_EPOCHS), workdir)
+    wait_for(lambda: mid_trial(client), 300, "a trial mid-way")
+    os.killpg(tracking_server.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        sweep.signal_group(signal.SIGTERM)
+        assert sweep.wait(timeout=120) == 128 + signal.SIGTERM, sweep.text
+        assert time.monotonic() - started < 30, sweep.text  # Slurm's KillWait, k8s' grace.
+    finally:
+        os.killpg(tracking_server.process.pid, signal.SIGCONT)
 
 
 def test_dead_worker_trial_is_reissued_and_the_sweep_finishes(tracking_server, client,

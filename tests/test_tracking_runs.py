@@ -374,3 +374,10 @@ def test_a_parent_nests_under_the_umbrella_run(client, spec, project_dir):
     assert parent.run_id != umbrella
     assert client.get_run(parent.run_id).data.tags[names.PARENT_RUN] == umbrella
     assert ids(runs.trial_runs(umbrella)) == set()  # a nested parent is not a trial
+
+
+def test_trial_runs_reads_every_page(client, parent, monkeypatch):
+    monkeypatch.setattr(runs, "PAGE_SIZE", 2)  # Five runs: three pages.
+    made = [trial(client, parent, str(trial_id), status="FINISHED") for trial_id in range(5)]
+    assert ids(runs.trial_runs(parent.run_id)) == set(made)
+    assert ids(runs.trial_runs(parent.run_id, trial_id="3")) == {made[3]}

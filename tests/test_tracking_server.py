@@ -251,3 +251,23 @@ def test_retry_gives_up_soon_once_the_process_is_stopping(monkeypatch):
     with pytest.raises(ConnectionError):
         retry(call, seconds=120, delay=0.05)
     assert time.monotonic() - start < 1.5
+
+
+def test_each_mlflow_call_is_bounded_unless_the_user_chose_otherwise(monkeypatch):
+    import mlflow.environment_variables as variables
+
+    environ = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+    server_module.bound_requests(environ)
+    assert environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"  # The user's own setting wins.
+    environ = {}
+    server_module.bound_requests(environ)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    read = {name: getattr(variables, name).get() for name in environ}  # MLflow parses them.
+    attempts = read["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] + 1
+    # One call, all attempts and back-off included, within a SIGTERM's 10 s of retrying
+    # plus this, under a scheduler's 30 s grace period.
+    worst = attempts * read["MLFLOW_HTTP_REQUEST_TIMEOUT"] + read[
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] * 2 ** attempts + read[
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] * attempts
+    assert server_module.STOP_RETRY_SECONDS + worst < 30

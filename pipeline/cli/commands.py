@@ -94,6 +94,7 @@ def cli():
     from pipeline.tracking import server
 
     server.secure_tracking_uri()
+    server.bound_requests()
 
 
 def check_tracking():

@@ -93,7 +93,11 @@ class WatchingServicer(internals.OracleServicer):
         if trial.hyperparameters.values != held.hyperparameters.values:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "the trial's hyperparameters are not those handed out")
-        return super().EndTrial(request, context)
+        # The oracle merges a trial's hyperparameters into its space: the ones it
+        # handed out, never the definitions a request carries.
+        trial.hyperparameters = held.hyperparameters
+        return super().EndTrial(
+            internals.service().EndTrialRequest(trial=trial.to_proto()), context)
 
     def GetTrial(self, request, context):
         self._seen(context)

@@ -219,6 +219,9 @@ def umbrella_run(experiment, launcher_run_id):
     return launcher_run_id
 
 
+PAGE_SIZE = 1000  # Runs per search request (MLflow's server allows up to 50,000).
+
+
 def trial_runs(parent_run_id, status=None, trial_id=None):
     """The child runs of a sweep, optionally filtered by status and trial id."""
     client = MlflowClient()
@@ -228,7 +231,14 @@ def trial_runs(parent_run_id, status=None, trial_id=None):
     if trial_id is not None:
         query += f" and tags.{names.TRIAL_ID} = '{trial_id}'"
     run = client.get_run(parent_run_id)
-    return client.search_runs([run.info.experiment_id], query, max_results=5000)
+    found, token = [], None
+    while True:  # A sweep may have up to 100,000 trials: every page of them.
+        page = client.search_runs([run.info.experiment_id], query, max_results=PAGE_SIZE,
+                                  page_token=token)
+        found += page
+        token = page.token
+        if not token:
+            return found
 
 
 def finished_run_of(parent_run_id, trial_id):

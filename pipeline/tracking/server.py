@@ -82,6 +82,22 @@ def _host_and_port(parts):
     return parts.netloc.rpartition("@")[2]
 
 
+# MLflow's own HTTP client tries a request 8 times, waiting up to 120 s for each
+# answer and backing off between them: one call to a server that hangs could outlast
+# our retry window many times over, and a scheduler's grace period after SIGTERM.
+# Here a call tries twice, 5 s each; `retry` below does the patient retrying.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+def bound_requests(environ=os.environ):
+    """Bounds each of MLflow's HTTP calls (`HTTP_LIMITS`), unless the user set them."""
+    for name, value in HTTP_LIMITS.items():
+        environ.setdefault(name, value)
+
+
 # A write still failing after this long fails its trial (which then runs again).
 RETRY_SECONDS = 120.0
 MAX_RETRY_DELAY = 15.0
