@@ -384,6 +384,25 @@ def test_serve_raises_when_the_oracle_stops_the_sweep(serve_oracle):
     assert "3 failed trials" in str(chief.error)
 
 
+def test_packed_workers_share_the_budget_among_the_workers_that_wait(serve_oracle):
+    # Four GPU workers packing up to 8 trials each, 20 trials: the first to ask must
+    # not take 8 (or all 20) while the others have nothing to train.
+    chief = serve_oracle(max_trials=20)
+    workers = ["w1", "w2", "w3", "w4"]
+    for worker in workers:
+        chief.stub(worker).GetSpace(internals.service().GetSpaceRequest(),
+                                    timeout=RPC_TIMEOUT)
+        chief.keep_alive(worker)
+    packs = {}
+    for worker in workers:
+        started = time.monotonic()
+        answers = [chief.create_trial(worker, f"{worker}/{i}") for i in range(8)]
+        packs[worker] = [t for t in answers if t.status == TrialStatus.RUNNING]
+        assert time.monotonic() - started < RPC_TIMEOUT / 2  # Members not held 1 s each.
+    assert [len(pack) for pack in packs.values()] == [5, 5, 5, 5]
+    assert len({t.trial_id for pack in packs.values() for t in pack}) == 20
+
+
 def test_ending_a_trial_cannot_add_to_the_search_space(serve_oracle):
     chief = serve_oracle(max_trials=2)
     chief.keep_alive("w1")

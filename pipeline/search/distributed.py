@@ -230,7 +230,7 @@ def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0,
         poll_seconds: how often to check.
         idle_seconds: how long a worker told to wait is held before the answer.
     """
-    servicer = WatchingServicer(oracle, idle_seconds)
+    servicer = WatchingServicer(oracle, idle_seconds, worker_timeout)
     server = _start_server(servicer)
     try:
         while True:

@@ -12,6 +12,7 @@ to exit while other workers' trials still run.
 
 from __future__ import annotations
 
+import math
 import time
 
 import grpc
@@ -27,10 +28,11 @@ class WatchingServicer(internals.OracleServicer):
     """Keras Tuner's servicer, checking each request and noting when each worker was
     last heard from."""
 
-    def __init__(self, oracle, idle_seconds=IDLE_SECONDS):
+    def __init__(self, oracle, idle_seconds=IDLE_SECONDS, worker_timeout=60.0):
         super().__init__(oracle)
         self.last_seen = {}
         self.idle_seconds = idle_seconds
+        self.worker_timeout = worker_timeout
 
     def _seen(self, context):
         worker = auth.caller(context)
@@ -56,6 +58,12 @@ class WatchingServicer(internals.OracleServicer):
             _forget(self.oracle, worker)  # Told: it exits, as every worker that asks.
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.oracle.stopped)
         _claim_restored_lease(self.oracle, worker, request.tuner_id)
+        # A pack's first member waits like a worker alone; its further members are
+        # answered at once (a pack of 32 would otherwise wait 32 times).
+        first = request.tuner_id == worker or request.tuner_id.endswith("/0")
+        if not first and not _within_share(self.oracle, worker, request.tuner_id,
+                                           self._idle_workers(worker)):
+            return self._idle(0)
         if not _only_others_running(self.oracle, request.tuner_id):
             response = super().CreateTrial(request, context)
             stopped = Trial.from_proto(response.trial).status == TrialStatus.STOPPED
@@ -64,9 +72,19 @@ class WatchingServicer(internals.OracleServicer):
             if not _waits_for_others(self.oracle, request.tuner_id):
                 _forget(self.oracle, worker)  # It exits, with all of its packed ids.
                 return response
-        time.sleep(self.idle_seconds)  # Keras Tuner's worker asks again at once.
+        return self._idle(self.idle_seconds if first else 0)
+
+    def _idle(self, seconds):
+        """Keras Tuner's IDLE: the worker asks again at once, so the chief holds it."""
+        time.sleep(seconds)
         trial = Trial(self.oracle.get_space(), status=TrialStatus.IDLE)
         return internals.service().CreateTrialResponse(trial=trial.to_proto())
+
+    def _idle_workers(self, worker):
+        """The workers heard from within the worker timeout, but for `worker`."""
+        now = time.monotonic()
+        return {w for w, seen in list(self.last_seen.items())
+                if w != worker and now - seen < self.worker_timeout}
 
     def UpdateTrial(self, request, context):
         """A worker's metrics for its trial; with no metrics, a check that the trial is
@@ -159,6 +177,20 @@ def _claim_restored_lease(oracle, worker, tuner_id):
         oracle.ongoing_trials[tuner_id] = oracle.ongoing_trials.pop(key)
         oracle.tuner_ids.discard(key)
         oracle.tuner_ids.add(tuner_id)
+
+
+@internals.synchronized
+def _within_share(oracle, worker, tuner_id, others):
+    """Whether `worker` may take one more trial into its pack: the trials not yet
+    handed out are shared among it and the other live workers (`others`) that hold
+    none, so that one worker of many GPUs never takes the whole budget at once."""
+    if tuner_id in oracle.ongoing_trials or not oracle.max_trials:
+        return True
+    holders = [key.split("/")[0] for key in oracle.ongoing_trials]
+    held = holders.count(worker)
+    waiting = len(set(others) - set(holders))
+    left = oracle.max_trials - len(oracle.trials) + len(internals.retry_queue(oracle))
+    return held < math.ceil((left + held) / (1 + waiting))
 
 
 @internals.synchronized
