@@ -92,7 +92,7 @@ TOKEN_ENV = {"MNIST_SWEEPS_ORACLE_TOKEN": "t" * 32}
 
 @pytest.mark.parametrize("args, env, message", [
     (["--role", "worker", "--oracle", "127.0.0.1:8000", "--worker-id", "a/b"], TOKEN_ENV,
-     "Invalid value for '--worker-id': 'a/b' cannot be a worker's id: use 1-63 letters"),
+     "Invalid value for '--worker-id': 'a/b' cannot be a worker's id: use 1-128 letters"),
     (["--role", "worker", "--oracle", "127.0.0.1:8000", "--worker-id", "chief"], TOKEN_ENV,
      "Invalid value for '--worker-id': 'chief' cannot be a worker's id"),
     ([], KT_ENV, "Invalid value for MNIST_SWEEPS_ORACLE_TOKEN: --role worker needs the "

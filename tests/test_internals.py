@@ -6,6 +6,7 @@ An upgrade of keras-tuner fails here first: re-check each name listed in
 """
 
 import keras_tuner
+import pytest
 
 from pipeline import space
 from pipeline.search import internals
@@ -37,3 +38,18 @@ def test_oracle_state_helpers_reach_the_real_state():
     assert oracle._retry_queue == ["7"]
     internals.set_max_collisions(oracle, 5)
     assert oracle._max_collisions == 5
+
+
+@pytest.mark.parametrize("values", [[11, 12], ["relu", "tanh"], [True], [0.5, 1.5]])
+def test_conditions_go_over_grpc_without_printing_and_unchanged(values, capsys, monkeypatch):
+    from keras_tuner.src.engine import conditions
+
+    original = getattr(conditions.Parent.to_proto, "original", conditions.Parent.to_proto)
+    monkeypatch.setattr(conditions.Parent, "to_proto", original)
+    parent = conditions.Parent("hidden_layers", values)
+    keras_tuners = parent.to_proto()  # Keras Tuner's own method prints the first value.
+    assert capsys.readouterr().out.strip() == str(values[0])
+    internals.quiet_condition_protos()
+    assert parent.to_proto() == keras_tuners
+    assert capsys.readouterr().out == ""
+    assert conditions.Parent.from_proto(parent.to_proto()) == parent

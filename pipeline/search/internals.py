@@ -23,6 +23,10 @@ Relied on (`MODULE_NAMES`, `CLASS_NAMES`, `ORACLE_STATE`):
   name of the thread holding it): `synchronized` below takes the same lock as Keras
   Tuner's `synchronized`, which never releases it when the call raises (a chief
   whose oracle raised once would hang every later call, and its exit).
+- `keras_tuner.src.engine.conditions.Parent.to_proto`: prints its first value
+  (a debug `print` left in 1.4.8), so every trial or space sent over gRPC put lines
+  such as `11` and `12` (a deep spec's conditions) in a distributed sweep's output;
+  replaced by the same method without the print (`quiet_condition_protos`).
 - `keras_tuner.src.utils.save_json(path, obj)`: every state file Keras Tuner writes
   goes through it (looked up at call time); replaced by one that writes a
   temporary file and renames it, so a crash never leaves half a file.
@@ -51,6 +55,7 @@ from keras_tuner.src import protos
 from keras_tuner.src import utils as kt_utils
 from keras_tuner.src.distribute import oracle_chief, oracle_client
 from keras_tuner.src.distribute import utils as dist_utils
+from keras_tuner.src.engine import conditions as kt_conditions
 from keras_tuner.src.engine import oracle as kt_oracle
 
 CHECKED_VERSION = "1.4.8"
@@ -70,6 +75,7 @@ CLASS_NAMES = {
     keras_tuner.oracles.GridSearchOracle: ("_get_next_combination",),
     oracle_chief.OracleServicer: ("GetSpace", "CreateTrial"),
     keras_tuner.Tuner: ("_try_run_and_update_trial",),
+    kt_conditions.Parent: ("to_proto",),
 }
 ORACLE_STATE = ("_retry_queue", "end_order", "_max_collisions", "tuner_ids",
                 "ongoing_trials", "trials")
@@ -223,6 +229,24 @@ def write_state_atomically():
 
     save_json.atomic = True
     kt_utils.save_json = save_json
+
+
+def quiet_condition_protos():
+    """Makes `Parent.to_proto` build the same message without printing."""
+    if getattr(kt_conditions.Parent.to_proto, "quiet", False):
+        return
+
+    def to_proto(self):
+        proto, first = protos.get_proto(), self.values[0]
+        kind = ("string_value" if isinstance(first, str) else
+                "boolean_value" if isinstance(first, bool) else
+                "int_value" if isinstance(first, int) else "float_value")
+        return proto.Condition(parent=proto.Condition.Parent(
+            name=self.name, values=[proto.Value(**{kind: v}) for v in self.values]))
+
+    to_proto.quiet = True
+    to_proto.original = kt_conditions.Parent.to_proto
+    kt_conditions.Parent.to_proto = to_proto
 
 
 def set_max_collisions(oracle, count):

@@ -17,16 +17,17 @@ from pipeline.errors import BadWorkerId, InputError
 ENV_ID = "KERASTUNER_TUNER_ID"
 ENV_IP = "KERASTUNER_ORACLE_IP"
 ENV_PORT = "KERASTUNER_ORACLE_PORT"
-# A worker's id: its packs ask under `<id>/<n>`, so no "/" (nor anything a log or a
-# tag could mangle); "chief" is Keras Tuner's name for the chief itself.
-WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# A worker's id (by default worker-<host>-<pid>): its packs ask under `<id>/<n>`, so
+# no "/" (nor anything a log or a tag could mangle); "chief" is Keras Tuner's name for
+# the chief itself.
+WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 RESERVED_IDS = ("chief",)
 
 
 def check_worker_id(worker_id, source=BadWorkerId.param):
     """Raises `BadWorkerId` (naming `source`) unless `worker_id` can be a worker's id."""
     if not WORKER_ID.fullmatch(worker_id) or worker_id in RESERVED_IDS:
-        error = BadWorkerId(f"{worker_id!r} cannot be a worker's id: use 1-63 letters, "
+        error = BadWorkerId(f"{worker_id!r} cannot be a worker's id: use 1-128 letters, "
                             "digits, '.', '_' or '-', starting with a letter or digit "
                             f"(not {', '.join(RESERVED_IDS)})")
         error.param = source

@@ -54,6 +54,7 @@ class SweepTuner(keras_tuner.Tuner):
                  options=CompileOptions(), progress=None, verbose=0,
                  worker_timeout=distributed.WORKER_TIMEOUT, pack=1, **kwargs):
         internals.write_state_atomically()
+        internals.quiet_condition_protos()  # No stray lines in a distributed sweep.
         internals.print_trial_tracebacks(verbose > 0)  # Ours: `on_trial_end`.
         oracle = make_oracle(spec, space)
         oracle.verbose = 0  # Our own one-line progress replaces Keras Tuner's table.
