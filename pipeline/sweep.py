@@ -136,7 +136,10 @@ def _run_worker(spec, space, dataset, project, settings):
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.FAILED_PRECONDITION:  # The chief stopped the sweep.
             raise SweepStopped(f"the chief {e.details()}") from None
-        raise OracleLost(f"lost the chief's oracle: {e.code().name}") from None
+        if not runs.sweep_finished(settings.experiment, project):
+            raise OracleLost(f"lost the chief's oracle: {e.code().name}") from None
+        # The chief ended the sweep and exited while this worker was away.
+        progress.say("the chief finished the sweep while this worker waited for it")
     return Result(spec.name, tuner.parent.run_id, None, None, False)
 
 

@@ -141,12 +141,12 @@ class _Credentials(grpc.UnaryUnaryClientInterceptor):
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
         d = client_call_details
-        details = _CallDetails(d.method, d.timeout, tuple(d.metadata or ()) + self._metadata,
+        details = CallDetails(d.method, d.timeout, tuple(d.metadata or ()) + self._metadata,
                                d.credentials, d.wait_for_ready, d.compression)
         return continuation(details, request)
 
 
-class _CallDetails(collections.namedtuple("_CallDetails", (
+class CallDetails(collections.namedtuple("CallDetails", (
         "method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
                    grpc.ClientCallDetails):
     """A call's details with the credentials' metadata added."""

@@ -82,36 +82,55 @@ def tuner_id():
     return os.environ.get(ENV_ID, "tuner0")
 
 
-def _channel():
+def _channel(over=None):
     return auth.channel(f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}",
                         os.environ[auth.ENV_TOKEN], tuner_id(),
-                        interceptors=[WaitForChief()])
+                        interceptors=[WaitForChief(over)])
 
 
 class WaitForChief(grpc.UnaryUnaryClientInterceptor):
     """Calls the chief again while it is away (UNAVAILABLE), up to the chief timeout.
 
-    gRPC's `wait_for_ready` waits for a chief that is not there when a call starts,
-    but a call in flight when the chief dies fails at once: a worker would give up
-    within seconds on a chief that a scheduler restarts. Each retry waits
-    `RETRY_SECONDS`; the call's own timeout still bounds each attempt.
+    gRPC's `wait_for_ready` waits for a chief that is not there when a call starts
+    (and cannot be told to stop), but a call in flight when the chief dies fails at
+    once: a worker would give up within seconds on a chief that a scheduler
+    restarts. Here every attempt fails fast and this loop waits. Each retry waits
+    `RETRY_SECONDS`; the call's own timeout still bounds each attempt. `over`, when
+    given, says whether the sweep has finished (its chief then exited for good, and
+    no chief will come back): checked every `CHECK_SECONDS` while waiting.
     """
 
     RETRY_SECONDS = 1.0
+    CHECK_SECONDS = 5.0
+
+    def __init__(self, over=None):
+        self._over = over
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
         deadline = time.monotonic() + internals.client_timeout()
+        checked = time.monotonic()
+        d = client_call_details
+        # Fail fast while the chief is away: this loop does the waiting, so that it
+        # can stop once the sweep is over.
+        details = auth.CallDetails(d.method, d.timeout, d.metadata, d.credentials, False,
+                                   d.compression)
         while True:
-            outcome = continuation(client_call_details, request)
+            outcome = continuation(details, request)
             if (outcome.code() != grpc.StatusCode.UNAVAILABLE
                     or time.monotonic() + self.RETRY_SECONDS > deadline):
                 return outcome
+            if self._over and time.monotonic() - checked > self.CHECK_SECONDS:
+                checked = time.monotonic()
+                if self._over():
+                    return outcome
             time.sleep(self.RETRY_SECONDS)
 
 
-def authenticate(oracle_client):
-    """Makes a worker's Keras Tuner client send the token and its id with every call."""
-    internals.set_client_stub(oracle_client, internals.service_grpc().OracleStub(_channel()))
+def authenticate(oracle_client, over=None):
+    """Makes a worker's Keras Tuner client send the token and its id with every call,
+    and wait for a chief that is away unless `over()` says the sweep finished."""
+    internals.set_client_stub(oracle_client,
+                              internals.service_grpc().OracleStub(_channel(over)))
 
 
 class Heartbeat:

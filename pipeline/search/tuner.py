@@ -62,7 +62,8 @@ class SweepTuner(keras_tuner.Tuner):
                          **kwargs)
         worker = distributed.role() == "worker"
         if worker:
-            distributed.authenticate(self.oracle)
+            distributed.authenticate(self.oracle, over=lambda: runs.sweep_finished(
+                self.experiment, self.project_name))
         self.spec = spec
         self.space = space
         self.experiment = experiment
