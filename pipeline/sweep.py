@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pipeline.errors import (
     disk_full,
 )
 from pipeline.progress import Progress
-from pipeline.search import distributed, packing, state_files
+from pipeline.search import distributed, interrupts, packing, state_files
 from pipeline.search.tuner import SweepTuner
 from pipeline.tracking import datasets, names, registry, runs, server, system_metrics
 from pipeline.tracking.trial_run import one_line
@@ -131,7 +130,7 @@ def _run_worker(spec, space, dataset, project, settings):
         progress.say("the sweep already finished and no chief reopened it: nothing to do")
         return Result(spec.name, None, None, None, True)
     try:
-        with _sigterm_raises():
+        with interrupts.catch(on_signal=server.stop_retrying):
             tuner.search(dataset)
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.FAILED_PRECONDITION:  # The chief stopped the sweep.
@@ -171,10 +170,14 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
         parent = runs.existing_parent(project_dir, settings.experiment)
         if parent is not None:
             tuner.resume(parent)
-        if tuner.finished():  # A re-run of a finished sweep: leave its runs as they are.
+        if tuner.finished():  # A re-run of a finished sweep trains nothing.
             progress.say(f"already finished: {len(tuner.oracle.trials)} trials in MLflow run "
                          f"{parent.run_id if parent else '?'}; --max-trials N extends it")
             best = parent and tuner.best_trial()
+            if parent and parent.status != "FINISHED":  # Stopped after the last trial.
+                runs.end_parent(parent, "FINISHED", best)
+                progress.say(f"closed MLflow run {parent.run_id} FINISHED: it was left "
+                             f"{parent.status} by a process stopped after the last trial")
             if best and best.run_id and settings.register:  # A champion not yet registered.
                 _crown(settings.experiment, spec.name, best, progress)
             return Result(spec.name, parent and parent.run_id, None, None, True)
@@ -201,7 +204,7 @@ def _search(tuner, dataset, parent, progress, monitor):
     `monitor` (its system metrics) stops first."""
     status = "FAILED"
     try:
-        with _sigterm_raises():
+        with interrupts.catch(on_signal=server.stop_retrying):
             tuner.search_and_retry(dataset)
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted):
@@ -280,30 +283,3 @@ def run_exercise(specs, load_dataset, settings=Settings(), launcher_run_id=None)
                           result.parent_run_id)
         results.append(result)
     return results
-
-
-@contextlib.contextmanager
-def _sigterm_raises():
-    """SIGTERM raises `Interrupted`, Ctrl-C `KeyboardInterrupt`, each once: a second
-    signal must not break off the clean-up (runs closed KILLED) that the first began."""
-    stopped = []
-
-    def stop(signum, frame):
-        stopped.append(signum)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
-        server.stop_retrying()  # The runs' last writes must not outlast the grace period.
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Interrupted("SIGTERM: stopped by the scheduler")
-
-    handled = [signal.SIGTERM]
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Not ignored.
-        handled.append(signal.SIGINT)
-    previous = {sig: signal.signal(sig, stop) for sig in handled}
-    try:
-        yield
-    finally:
-        if not stopped:  # Stopping: stay deaf to signals until the process exits.
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)

@@ -116,7 +116,10 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_duplicates(
 @pytest.mark.parametrize("pack", [1, 3], ids=["alone", "packed"])
 def test_sigterm_ends_the_trial_run_and_exits_non_zero(tracking_server, client, workdir,
                                                        mnist_path, pack):
-    args = sweep_args(mnist_path, 3, "--pack", str(pack), epochs=LONG_EPOCHS)
+    # A pack's epoch is one short call: on 10,000 images its runs stay mid-way long
+    # enough for this test to see all of them, however loaded the machine.
+    args = sweep_args(mnist_path, 3, "--pack", str(pack), *(
+        ["--train-limit", "10000"] if pack > 1 else []), epochs=LONG_EPOCHS)
     first = SweepProcess(args, workdir)
     running = wait_for(lambda: len(mid_trials(client)) >= pack and mid_trials(client), 300,
                        "every trial of a pack mid-way")

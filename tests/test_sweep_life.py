@@ -44,6 +44,25 @@ def test_a_sweep_finishes_and_a_rerun_does_nothing(spec, small_mnist, tmp_path, 
     assert len(runs.trial_runs(parent.run_id)) == 1
 
 
+
+@pytest.mark.parametrize("left", ["RUNNING", "KILLED"])
+def test_a_rerun_closes_a_finished_sweep_whose_run_was_left_open(
+        spec, small_mnist, tmp_path, client, capsys, left):
+    # SIGKILL (RUNNING) or SIGTERM (KILLED) between the last trial and closing the run:
+    # waiting workers wait on the parent's FINISHED, so a re-run must close it.
+    settings = sweep.Settings(experiment="life", directory=str(tmp_path / "kt"))
+    result = sweep.run(spec, small_mnist, settings)
+    client.update_run(result.parent_run_id, status=left)
+    capsys.readouterr()
+
+    sweep.run(spec, small_mnist, settings)
+    assert f"FINISHED: it was left {left}" in capsys.readouterr().out
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[names.BEST_TRIAL] == "0"
+    assert runs.sweep_finished("life", sweep.project_name(spec, small_mnist, "life"))
+
+
 def hold_lock(spec, dataset, directory):
     project = sweep.project_name(spec, dataset, "life")
     lock = open(directory / f".{project}.lock", "w")  # noqa: SIM115 - held by the caller.

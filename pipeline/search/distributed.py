@@ -31,7 +31,7 @@ import grpc
 from keras_tuner.engine.trial import TrialStatus
 
 from pipeline.errors import BadWorkerId, InputError
-from pipeline.search import auth, internals
+from pipeline.search import auth, internals, interrupts
 from pipeline.search.roles import ENV_ID, ENV_IP, ENV_PORT, check_worker_id
 from pipeline.search.servicer import IDLE_SECONDS, WatchingServicer
 
@@ -115,7 +115,8 @@ class WaitForChief(grpc.UnaryUnaryClientInterceptor):
         details = auth.CallDetails(d.method, d.timeout, d.metadata, d.credentials, False,
                                    d.compression)
         while True:
-            outcome = continuation(details, request)
+            with interrupts.interruptible():
+                outcome = continuation(details, request)
             if (outcome.code() != grpc.StatusCode.UNAVAILABLE
                     or time.monotonic() + self.RETRY_SECONDS > deadline):
                 return outcome
@@ -123,7 +124,8 @@ class WaitForChief(grpc.UnaryUnaryClientInterceptor):
                 checked = time.monotonic()
                 if self._over():
                     return outcome
-            time.sleep(self.RETRY_SECONDS)
+            with interrupts.interruptible():
+                time.sleep(self.RETRY_SECONDS)
 
 
 def authenticate(oracle_client, over=None):
@@ -253,7 +255,8 @@ def serve(oracle, on_lost=None, worker_timeout=WORKER_TIMEOUT, poll_seconds=1.0,
     server = _start_server(servicer)
     try:
         while True:
-            time.sleep(poll_seconds)
+            with interrupts.interruptible():
+                time.sleep(poll_seconds)
             _drop_silent(oracle, servicer.last_seen, worker_timeout, on_lost)
             # Over once a worker was told so, once every trial was handed out (a worker
             # that ended the last trial and died before asking again is never told,

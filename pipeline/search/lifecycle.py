@@ -29,6 +29,7 @@ import mlflow
 import numpy as np
 
 from pipeline.errors import LoggingFailed, disk_full
+from pipeline.search import interrupts
 from pipeline.space import TrialConfig
 from pipeline.tracking import datasets, names, runs, trial_run
 from pipeline.training import packed
@@ -226,7 +227,7 @@ class Life:
             validation_data=(arrays["x_val"], arrays["y_val"]),
             validation_batch_size=EVAL_BATCH_SIZE,
             callbacks=[trial_run.EpochLogger(self.run), keras.callbacks.TerminateOnNaN(),
-                       *self.stopping.callbacks()],
+                       *self.stopping.callbacks(), interrupts.StopOnSignal()],
             verbose=verbose,
         )
         self.fit_seconds = time.perf_counter() - start

@@ -23,7 +23,7 @@ import time
 
 from keras_tuner.engine.trial import TrialStatus
 
-from pipeline.search import distributed, internals, lifecycle
+from pipeline.search import distributed, internals, interrupts, lifecycle
 from pipeline.tracking import names
 from pipeline.training import packed
 from pipeline.training.device import device_arrays
@@ -79,6 +79,7 @@ def search(tuner, dataset, pack):
     tuner.on_search_begin()
     worker = distributed.role() == "worker"
     while True:
+        tuner.pre_create_trial()
         trials, stopped = _create_trials(tuner, pack)
         for key, group in _groups(tuner, trials):
             if key[0] == "alone":
@@ -168,6 +169,7 @@ def _train(tuner, members, dataset):
     try:
         for epoch in range(members[0].config.initial_epoch, members[0].config.epochs):
             training -= _epoch(network, members, views, training, arrays, epoch + 1)
+            interrupts.check()  # An epoch is one TensorFlow call: stop between epochs.
             if not training:  # Every member stopped: the pack ends early.
                 break
     except Exception as e:

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from pipeline.errors import LoggingFailed, SweepStopped
 from pipeline.progress import Progress
-from pipeline.search import distributed, internals, lifecycle, packing
+from pipeline.search import distributed, internals, interrupts, lifecycle, packing
 from pipeline.search.oracles import failure_reason, make_oracle
 from pipeline.tracking import names, runs
 from pipeline.training.device import device_arrays
@@ -166,6 +166,9 @@ class SweepTuner(keras_tuner.Tuner):
     def on_search_begin(self):
         if distributed.role() == "worker":
             self._heartbeat = distributed.Heartbeat()
+
+    def pre_create_trial(self):
+        interrupts.check()  # Keras Tuner's hook before each trial is asked for.
 
     def on_search_end(self):
         self.lifecycle.wait_for_logging()

@@ -29,6 +29,7 @@ class Parent:
     run_id: str
     experiment_id: str
     resumed: bool = False
+    status: str = "RUNNING"  # As found when this process took the sweep up.
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def existing_parent(project_dir, experiment=None):
             "changed: fix the server or credentials and run the same command again") from None
     if run.info.lifecycle_stage != "active":
         return None
-    return Parent(run_id, run.info.experiment_id, resumed=True)
+    return Parent(run_id, run.info.experiment_id, resumed=True, status=run.info.status)
 
 
 def newest_parent(experiment, sweep_key):
