@@ -160,7 +160,10 @@ class Lifecycle:
         while self.pending:
             life = self.pending[0]
             try:
-                life.run.wait()
+                # Its writer may wait on a chief that is away (a lease check): a signal
+                # must not wait for it.
+                with interrupts.interruptible():
+                    life.run.wait()
             except LoggingFailed as e:
                 self.pending.pop(0)
                 if disk_full(e):
