@@ -101,6 +101,7 @@ def run(spec, dataset, settings=Settings(), launcher_run_id=None, nest_under=Non
     """
     space = space_module.build(spec)
     project = project_name(spec, dataset, settings.experiment)
+    server.wait_interruptibly(interrupts.interruptible)
     try:
         if distributed.role() == "worker":
             return _run_worker(spec, space, dataset, project, settings)

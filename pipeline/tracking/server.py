@@ -8,6 +8,7 @@ for the reachability check, so that bad input stops without its import time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.parse
@@ -101,6 +102,7 @@ def bound_requests(environ=os.environ):
 # A write still failing after this long fails its trial (which then runs again).
 RETRY_SECONDS = 120.0
 MAX_RETRY_DELAY = 15.0
+STOP_CALLS_SECONDS = 15  # After SIGTERM no call starts later: each may take 10 s.
 STOP_RETRY_SECONDS = 10.0
 _stopping_at = None
 # MLflow error codes that no retry can fix.
@@ -158,6 +160,17 @@ def stop_retrying():
     _stopping_at = time.monotonic()
 
 
+def wait_interruptibly(context):
+    """Runs each call to the store, and each pause between retries, in `context()`:
+    the sweep passes `interrupts.interruptible`, so that a SIGTERM cuts short a wait
+    on a server that hangs."""
+    global _waiting
+    _waiting = context
+
+
+_waiting = contextlib.nullcontext
+
+
 def retry(call, seconds=RETRY_SECONDS, delay=0.5):
     """Calls `call`, retrying while the store is busy or away, for up to `seconds`.
 
@@ -168,13 +181,17 @@ def retry(call, seconds=RETRY_SECONDS, delay=0.5):
     """
     deadline = time.monotonic() + seconds
     while True:
+        if _stopping_at is not None and time.monotonic() > _stopping_at + STOP_CALLS_SECONDS:
+            raise TrackingUnavailable("stopping: no further call to the tracking server")
         try:
-            return call()
+            with _waiting():
+                return call()
         except Exception as e:
             if _stopping_at is not None:  # Shutting down: retry only briefly.
                 deadline = min(deadline, _stopping_at + STOP_RETRY_SECONDS)
             if getattr(e, "error_code", None) in PERMANENT or disk_full(e) or (
                     time.monotonic() + delay > deadline):
                 raise
-            time.sleep(delay)
+            with _waiting():
+                time.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_DELAY)
