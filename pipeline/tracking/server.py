@@ -102,9 +102,10 @@ def bound_requests(environ=os.environ):
 # A write still failing after this long fails its trial (which then runs again).
 RETRY_SECONDS = 120.0
 MAX_RETRY_DELAY = 15.0
-STOP_CALLS_SECONDS = 15  # After SIGTERM no call starts later: each may take 10 s.
+STOP_CALLS_SECONDS = 15.0  # After SIGTERM no call starts later: each may take 10 s.
 STOP_RETRY_SECONDS = 10.0
 _stopping_at = None
+_waiting = contextlib.nullcontext  # What each call runs in (`wait_interruptibly`).
 # MLflow error codes that no retry can fix.
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
              "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_STATE"}
@@ -167,8 +168,6 @@ def wait_interruptibly(context):
     global _waiting
     _waiting = context
 
-
-_waiting = contextlib.nullcontext
 
 
 def retry(call, seconds=RETRY_SECONDS, delay=0.5):
