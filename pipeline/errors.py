@@ -108,6 +108,14 @@ def disk_full(error):
     return False
 
 
+class NoSweep(PipelineError):
+    """No sweep (of the spec asked for) in the experiment yet."""
+
+
+class UiFailed(PipelineError):
+    """`mlflow ui` exited or never answered."""
+
+
 class OracleLost(PipelineError):
     """A worker lost its connection to the chief's oracle."""
 

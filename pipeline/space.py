@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pipeline.data import NUM_CLASSES, NUM_PIXELS
 from pipeline.errors import SpecError
 from pipeline.spec.schema import Choice, Range, Spec
+from pipeline.tracking import names
 
 OPTIMIZER = "SGD"
 LOSS = "categorical_crossentropy"
@@ -167,6 +168,23 @@ class ConstrainedSpace:
         hp.values.update(values)
         return self.sample(hp)
 
+    def searched_params(self):
+        """The MLflow params of the trials that this space varies, in its order."""
+        s = self.spec.search_space
+        varied = {
+            names.HIDDEN_LAYERS: self.min_layers < self.max_layers,
+            names.UNITS: self.min_units < self.max_units,
+            names.ACTIVATION: len(s.activation.values) > 1,
+            names.LEARNING_RATE: _varies(s.learning_rate),
+            names.MOMENTUM: _varies(s.momentum),
+            names.BATCH_SIZE: _varies(s.batch_size),
+            names.SCHEDULE: _varies(s.schedule),
+            names.WARMUP_EPOCHS: _varies(s.warmup_epochs),
+            names.WEIGHT_DECAY: _varies(s.weight_decay),
+            names.NESTEROV: _varies(s.nesterov),
+        }
+        return [name for name, varies in varied.items() if varies]
+
     # -- Constraints -------------------------------------------------------
 
     def violation(self, config):
@@ -258,6 +276,13 @@ def _declare(hp, name, searched, default=None):
     if searched.fixed:
         return hp.Fixed(name, searched.values[0])
     return hp.Choice(name, list(searched.values))
+
+
+def _varies(searched):
+    """Whether a spec field is searched over more than one value."""
+    if searched is None:
+        return False
+    return isinstance(searched, Range) or len(searched.values) > 1
 
 
 def _round_up(value, start, step):

@@ -31,7 +31,15 @@ from pipeline.errors import (
 from pipeline.progress import Progress
 from pipeline.search import distributed, interrupts, packing, state_files
 from pipeline.search.tuner import SweepTuner
-from pipeline.tracking import datasets, names, registry, runs, server, system_metrics
+from pipeline.tracking import (
+    datasets,
+    names,
+    registry,
+    runs,
+    server,
+    system_metrics,
+    views,
+)
 from pipeline.tracking.trial_run import one_line
 from pipeline.training.model import CompileOptions
 
@@ -181,6 +189,8 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
                              f"{parent.status} by a process stopped after the last trial")
             if best and best.run_id and settings.register:  # A champion not yet registered.
                 _crown(settings.experiment, spec.name, best, progress)
+            if parent:
+                _say_link(parent, space, progress)
             return Result(spec.name, parent and parent.run_id, None, None, True)
         parent = runs.open_parent(spec, settings.experiment, project_dir, launcher_run_id,
                                   nest_under, keep=tuner.leased_runs)
@@ -196,6 +206,7 @@ def _run_chief_or_alone(spec, space, dataset, project, settings, launcher_run_id
         best = _search(tuner, dataset, parent, progress, system_metrics.start(parent.run_id))
         if best and best.run_id and settings.register:
             _crown(settings.experiment, spec.name, best, progress)
+        _say_link(parent, space, progress)
     return Result(spec.name, parent.run_id, best and best.trial_id, best and best.val_accuracy,
                   parent.resumed)
 
@@ -242,6 +253,19 @@ def _crown(experiment, sweep_name, best, progress):
     if champion:
         progress.say(f"champion: models:/{champion[0]}@{registry.ALIAS} (version "
                      f"{champion[1]}, trial {best.trial_id})")
+
+
+def _say_link(parent, space, progress):
+    """Saves the sweep's comparison view in MLflow and prints the link that opens it."""
+    try:
+        views.save_view(parent.experiment_id, parent.run_id, space.searched_params())
+    except Exception as e:  # noqa: BLE001 - the sweep itself finished; say so, go on.
+        progress.say(f"could not save the comparison view: {one_line(e)}")
+        return
+    address = views.ui_address(mlflow.get_tracking_uri())
+    link = views.sweep_link(address, parent.experiment_id, parent.run_id)
+    progress.say(f"compare the trials: {link}"
+                 + (" (serve it: python -m pipeline ui)" if address == views.LOCAL_UI else ""))
 
 
 def _close(tuner, parent, status, progress):

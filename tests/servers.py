@@ -225,7 +225,8 @@ def _default_sigint():
 
 
 class SweepProcess:
-    """`python -m pipeline sweep ...` as its own process group, output to a file.
+    """`python -m pipeline sweep ...` (or another `command`) as its own process group,
+    output to a file.
 
     Every one started is in `SweepProcess.started`; the `no_sweep_left_behind`
     fixture kills those still running when a test ends, failed or not.
@@ -233,12 +234,12 @@ class SweepProcess:
 
     started = []
 
-    def __init__(self, args, workdir, env=None):
+    def __init__(self, args, workdir, env=None, command="sweep"):
         SweepProcess.started.append(self)
         self.output = Path(workdir) / f"sweep-{uuid.uuid4().hex[:6]}.log"
         with open(self.output, "w") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "sweep", *args], cwd=workdir,
+                [sys.executable, "-m", "pipeline", command, *args], cwd=workdir,
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                 start_new_session=True, preexec_fn=_default_sigint)
 

@@ -14,7 +14,7 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 
 from pipeline.report import answers as answers_module
-from pipeline.report import render
+from pipeline.report import publish, render
 from pipeline.report.answers import answer
 from pipeline.report.load import load_sweeps
 from pipeline.spec.schema import EXERCISE
@@ -224,7 +224,8 @@ def test_answers_part_two_gradients_and_correlation(store):
     assert corr["exact"] and corr["p_value"] == pytest.approx(2 / 5040)
     assert corr["clear"] is False  # ...and 7 trials are too few to call it clear.
     few = answer({"part1-narrow": sweeps["part1-narrow"]})["correlation"]
-    assert few == {"n": 2, "rho": None, "p_value": None, "clear": False}
+    assert few == {"n": 2, "rho": None, "p_value": None, "clear": False,
+                   "sweeps": {"part1-narrow": 2}}  # Named with the sweeps it covers.
 
     acts = answers["activation"]
     assert list(acts) == ["relu", "sigmoid", "tanh"]
@@ -273,7 +274,7 @@ def test_answers_part_three_and_missing(store):
 
 
 def test_write_logs_the_report_files_to_a_finished_report_run(store, workdir, client):
-    out, run_id, answers = render.write(EXPERIMENT, workdir / "out")
+    out, run_id, answers = publish.write(EXPERIMENT, workdir / "out")
     files = {*names.REPORT_FILES, *FIGURES}
     assert {p.name for p in out.iterdir()} == files  # no staging folder left behind
     for figure in FIGURES:
@@ -299,12 +300,12 @@ def test_write_logs_the_report_files_to_a_finished_report_run(store, workdir, cl
 def test_report_run_is_the_launcher_run_of_the_same_experiment(store, client):
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     launcher = client.create_run(exp_id, run_name="launcher").info.run_id
-    assert render._report_run(EXPERIMENT, launcher) == launcher
+    assert publish._report_run(EXPERIMENT, launcher) == launcher
     run = client.get_run(launcher)
     assert run.info.run_name == names.REPORT and run.data.tags[names.REPORT] == "exercise"
 
     elsewhere = client.create_run(client.create_experiment("other")).info.run_id
-    run_id = render._report_run(EXPERIMENT, elsewhere)
+    run_id = publish._report_run(EXPERIMENT, elsewhere)
     assert run_id != elsewhere
     assert client.get_run(run_id).info.experiment_id == exp_id
     assert client.get_run(elsewhere).data.tags[names.REPORT_RUN_ID] == run_id

@@ -296,3 +296,70 @@ def test_runs_page_shows_the_sweep_its_trials_and_their_comparison(
     check_compare(page, runs, tmp_path)
     page.go_back()  # The runs table again, as it was left.
     check_trial_page(page, runs, tmp_path)
+
+
+# -- The link a sweep prints: its trials, ready to compare -----------------------
+
+LINK = re.compile(r"compare the trials: (\S+)")
+SEARCHING = "activation"  # Searches two hyperparameters: units and activation.
+SEARCHED = (names.UNITS, names.ACTIVATION)
+COLUMNS = ([f"params.`{name}`" for name in SEARCHED]
+           + [metric_column(m) for m in (names.TRAINABLE_PARAMS, names.VAL_ACCURACY,
+                                         names.TEST_ACCURACY, names.BEST_EPOCH)])
+
+
+def shown_rows(page):
+    """The runs table's rows, top to bottom, as run ids (each once)."""
+    found = page.locator("[row-id][row-index]").evaluate_all(
+        "rows => rows.map(r => [Number(r.getAttribute('row-index')), r.getAttribute('row-id')])")
+    return [run_id for _, run_id in sorted(set(map(tuple, found)))]
+
+
+def test_the_link_a_sweep_prints_opens_its_trials_ready_to_compare(
+        browser_page, tracking_server, runner, client, mnist_path, tmp_path):
+    page = browser_page
+    result = runner.invoke(cli, ["sweep", SEARCHING, "--data", mnist_path, "--train-limit",
+                                 "500", "--epochs", "2", "--max-trials", "3"])
+    assert result.exit_code == 0, result.output
+    (link,) = LINK.findall(result.output)
+    experiment = client.get_experiment_by_name(names.DEFAULT_EXPERIMENT)
+    assert link.startswith(f"{tracking_server.url}/#/experiments/{experiment.experiment_id}"
+                           "/runs?"), link
+    (parent,) = client.search_runs([experiment.experiment_id],
+                                   f"tags.{names.SWEEP_KEY} != ''")
+    trials = {run.info.run_id: run for run in client.search_runs(
+        [experiment.experiment_id], f"tags.`{names.PARENT_RUN}` = '{parent.info.run_id}'")}
+    assert len(trials) == 3
+
+    # The runs view: the trials as rows (no collapsed parent), best val_accuracy first.
+    page.goto(link)
+    for run_id in trials:
+        expect(page.locator(f'[row-id="{run_id}"]').first).to_be_visible()
+    expect(page.get_by_text("Detect Issues")).to_have_count(0)  # Not the GenAI overview.
+    page.get_by_role("button", name="Close", exact=True).click()  # The assistant panel.
+    rows = shown_rows(page)
+    assert sorted(rows) == sorted(trials), (rows, list(trials))
+    accuracy = [trials[run_id].data.metrics[names.VAL_ACCURACY] for run_id in rows]
+    assert accuracy == sorted(accuracy, reverse=True), accuracy
+    # The searched hyperparameters and the metrics to compare, as columns.
+    for column in COLUMNS:
+        expect(page.locator(f'[role="columnheader"][col-id="{column}"]')).to_be_visible()
+    best = trials[rows[0]]
+    for name in SEARCHED:
+        expect(table_cell(page, best, f"params.`{name}`")).to_have_text(best.data.params[name])
+    for metric in (names.VAL_ACCURACY, names.TRAINABLE_PARAMS):
+        cell = table_cell(page, best, metric_column(metric))
+        expect(cell).to_have_text(re.compile(r"\d"))
+        assert_shows(cell.inner_text(), best.data.metrics[metric], metric)
+    page.screenshot(path=tmp_path / "comparison-table.png")
+
+    # The chart view: parallel coordinates of the searched hyperparameters against
+    # val_accuracy, then the per-epoch validation curves.
+    page.locator("label", has=page.locator('input[value="CHART"]')).click()
+    cards = page.get_by_test_id("experiment-view-compare-runs-card")
+    expect(cards.first).to_contain_text("Parallel Coordinates")
+    axes = cards.first.locator("svg text.axis-title")
+    expect(axes).to_have_count(len(SEARCHED) + 1)
+    assert axes.all_text_contents() == [*SEARCHED, names.VAL_ACCURACY]
+    expect(cards.nth(1)).to_contain_text(names.VAL_ACCURACY)
+    page.screenshot(path=tmp_path / "comparison-charts.png")

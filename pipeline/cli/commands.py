@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline sweep|list|exercise|report`.
+"""Command line: `python -m pipeline sweep|list|exercise|report|ui`.
 
 Thin by design: options are validated here, at the edge, and handed to
 `pipeline.sweep` and `pipeline.report`. Every error a user can act on is a
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 
 import click
 
@@ -91,8 +92,10 @@ class SweepCli(click.Group):
 def cli():
     """Keras Tuner sweeps over MLP depth, width and activation on MNIST, every
     trial tracked in MLflow."""
+    from pipeline.cli import quiet
     from pipeline.tracking import server
 
+    quiet.libraries(quiet.verbose(sys.argv[1:]))
     server.secure_tracking_uri()
     server.bound_requests()
 
@@ -307,9 +310,25 @@ def report(experiment, out):
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)
     out_dir, run_id, answers = report_module.write(experiment, out, launcher)
     for name in answers["missing"]:
-        click.echo(f"missing sweep {name}: run {report_module.missing_command(name)}")
+        click.echo(f"missing sweep {name}: run {report_module.missing_command(name, experiment)}")
     click.echo(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'}; "
                f"logged to MLflow run {run_id}")
+
+
+@cli.command()
+@click.option("--spec", "spec_name", default=None, metavar="NAME",
+              help="Open this spec's newest sweep (default: the newest sweep).")
+@click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME", default=names.DEFAULT_EXPERIMENT,
+              show_default=True, callback=experiment_name, help="MLflow experiment to open.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the UI, on 127.0.0.1.")
+def ui(spec_name, experiment, port):
+    """Start MLflow's UI on this store and print the link of the newest sweep's
+    trials (Ctrl-C stops it)."""
+    from pipeline.tracking import ui as ui_module
+
+    check_tracking()
+    ui_module.open_sweep(experiment, spec_name, port, click.echo)
 
 
 def main():

@@ -47,10 +47,26 @@ def answer(sweeps):
     answers["part2"] = {name: _band(sweeps[name]) for name in PART_TWO if name in sweeps}
     answers["activation"] = _activations(sweeps.get("activation"))
     answers["gradients"] = _gradient_ratios(sweeps)
+    correlated = [name for name in PART_ONE + PART_TWO if name in sweeps]
     answers["correlation"] = _correlation(
-        [t for name in PART_ONE + PART_TWO if name in sweeps for t in sweeps[name].trials])
+        [t for name in correlated for t in sweeps[name].trials])
+    answers["correlation"]["sweeps"] = {name: len(sweeps[name].trials) for name in correlated}
+    answers["pareto"] = [_model(t) for t in pareto_front(
+        [t for name in EXERCISE if name in sweeps for t in sweeps[name].trials])]
     answers["part3"] = _part_three(sweeps)
     return answers
+
+
+def pareto_front(trials):
+    """The trials with the best test accuracy for at most their parameter count,
+    smallest first: no other trial is as small (or smaller) and more accurate."""
+    front, best = [], -math.inf
+    for trial in sorted(trials, key=lambda t: (t.metrics[names.TRAINABLE_PARAMS],
+                                               -t.metrics[names.TEST_ACCURACY])):
+        if trial.metrics[names.TEST_ACCURACY] > best:
+            front.append(trial)
+            best = trial.metrics[names.TEST_ACCURACY]
+    return front
 
 
 def _model(trial):

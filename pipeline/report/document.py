@@ -1,6 +1,6 @@
 """A report as a list of blocks, written out as Markdown and as self-contained HTML.
 
-Text may use `code` and **bold**; nothing else is interpreted. Figures are PNG
+Text may use `code`, **bold** and [links](url); nothing else is interpreted. Figures are PNG
 files beside `report.md` and base64 `data:` URIs inside `report.html`, so the HTML
 opens anywhere without its folder.
 """
@@ -125,5 +125,6 @@ STYLE = (
 
 def _inline(text):
     text = html.escape(text)
+    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', text)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)

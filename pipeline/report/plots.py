@@ -12,6 +12,8 @@ from matplotlib.ticker import MaxNLocator
 
 from pipeline.tracking.curves import plot_curves
 
+MIN_WIDTH = 6  # Inches: room for a title over one model's column.
+
 
 def best_model_curves(models):
     """One column per model: training vs validation accuracy (top) and loss (bottom).
@@ -19,20 +21,24 @@ def best_model_curves(models):
     Args:
         models: a list of (title, epochs, history) as for `curves.training_curves`.
     """
-    fig = Figure(figsize=(4 * len(models), 7), dpi=100, layout="constrained")
+    fig = Figure(figsize=(max(4 * len(models), MIN_WIDTH), 7), dpi=100,
+                 layout="constrained")
     axes = fig.subplots(2, len(models), squeeze=False)
     for column, (title, epochs, history) in enumerate(models):
         plot_curves(axes[0][column], axes[1][column], epochs, history)
         axes[0][column].set_title(title, fontsize="medium")
-    fig.suptitle("Training vs validation per epoch, best model of each part")
+    fig.suptitle("Training vs validation per epoch, best model"
+                 + (" of each part" if len(models) > 1 else ""))
     return fig
 
 
-def accuracy_vs_params(groups):
-    """Test accuracy against trainable parameters (log scale), one colour per group.
+def accuracy_vs_params(groups, front=()):
+    """Test accuracy against trainable parameters (log scale), one colour per group,
+    and the Pareto front as a step line through its named models.
 
     Args:
         groups: a dict from a group label to a list of (params, test_accuracy).
+        front: the Pareto front, [(params, test_accuracy, model name)], smallest first.
     """
     fig = Figure(figsize=(8, 5), dpi=100, layout="constrained")
     ax = fig.subplots()
@@ -45,6 +51,13 @@ def accuracy_vs_params(groups):
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("test accuracy (fraction correct)")
+    if front:
+        params, accuracy, labels = zip(*front, strict=True)
+        ax.step(params, accuracy, where="post", color="black", linewidth=1,
+                label=f"Pareto front ({len(front)} models)")
+        for x, y, label in front:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, -10),
+                        fontsize="x-small")
     ax.axhline(0.2, color="grey", linestyle=":", linewidth=1, label="20% accuracy")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")

@@ -10,6 +10,9 @@ leaves the registry as it is.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -41,6 +44,8 @@ def register_champion(experiment, sweep_name, run_id):
     uri = runs.model_uri(run_id)
     if uri is None:
         return None
-    version = str(retry(lambda: mlflow.register_model(uri, name)).version)
+    # MLflow prints "Successfully registered ..." itself; the sweep says it in its line.
+    with contextlib.redirect_stderr(io.StringIO()):
+        version = str(retry(lambda: mlflow.register_model(uri, name)).version)
     retry(lambda: client.set_registered_model_alias(name, ALIAS, version))
     return name, version

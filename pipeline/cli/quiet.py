@@ -1,0 +1,62 @@
+"""Other libraries' log noise kept out of a sweep's output, unless `-v`.
+
+TensorFlow's C++ side writes its absl lines (oneDNN, CUDA probing) straight to file
+descriptor 2 while it is imported, before any Python logging applies, and
+`TF_CPP_MIN_LOG_LEVEL` no longer silences them (TensorFlow 2.21). They are caught
+at the descriptor during the import and shown only if the import fails or `-v` was
+asked for. MLflow's INFO lines (system metrics, temporary directories, model
+registration) are cut to warnings the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import tempfile
+
+VERBOSE = re.compile(r"-v+|--verbose")
+
+
+def verbose(argv):
+    """Whether the command line asks for `-v` (before its own parsing)."""
+    return any(VERBOSE.fullmatch(arg) for arg in argv)
+
+
+@contextlib.contextmanager
+def native_stderr(show):
+    """Holds back what native code writes to file descriptor 2 inside the block;
+    writes it out after all if `show` or the block raises."""
+    if show:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                caught.seek(0)
+                os.write(2, caught.read())
+
+
+def import_tensorflow(argv):
+    """Imports TensorFlow with its start-up lines held back unless `-v`."""
+    with native_stderr(verbose(argv)):
+        import tensorflow  # noqa: F401
+
+
+def libraries(verbose_level):
+    """MLflow's own INFO lines only with `-v` (`MLFLOW_LOGGING_LEVEL` still rules)."""
+    level = "INFO" if verbose_level else "WARNING"
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)  # Read when MLflow is imported.
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
