@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 VERBOSE = re.compile(r"-v+|--verbose")
+TRAINING_COMMANDS = {"sweep", "exercise"}
 
 
 def verbose(argv):
@@ -50,7 +51,10 @@ def native_stderr(show):
 
 
 def import_tensorflow(argv):
-    """Imports TensorFlow with its start-up lines held back unless `-v`."""
+    """Imports TensorFlow with its start-up lines held back unless `-v`, for the
+    commands that train (the others, and bad input, stay fast without it)."""
+    if not set(argv) & TRAINING_COMMANDS:
+        return
     with native_stderr(verbose(argv)):
         import tensorflow  # noqa: F401
 

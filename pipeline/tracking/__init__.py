@@ -19,5 +19,7 @@ tag `failure_reason`; one that is interrupted ends KILLED.
 
 Modules: `names` (the contract), `server` (the tracking URI, credentials and
 reachability), `runs` (the parent run's life, queries, clean-up of left-over
-runs), `trial_run` (one trial's run, written by a background thread).
+runs), `trial_run` (one trial's run, written by a background thread), `views` (the
+sweep's saved comparison view in MLflow's UI and the links that open it), `ui`
+(`python -m pipeline ui`).
 """
