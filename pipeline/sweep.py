@@ -148,7 +148,10 @@ def _run_worker(spec, space, dataset, project, settings):
             raise OracleLost(f"lost the chief's oracle: {e.code().name}") from None
         # The chief ended the sweep and exited while this worker was away.
         progress.say("the chief finished the sweep while this worker waited for it")
-    return Result(spec.name, tuner.parent.run_id, None, None, False)
+    # Not `tuner.parent`: a worker that trained nothing would wait for a RUNNING
+    # parent that the chief has already closed.
+    parent = runs.newest_parent(settings.experiment, project)
+    return Result(spec.name, parent and parent.info.run_id, None, None, False)
 
 
 def _stays_finished(experiment, project, wait_seconds=FINISHED_WAIT_SECONDS):
@@ -224,7 +227,7 @@ def _search(tuner, dataset, parent, progress, monitor):
         status = "KILLED"
         raise
     finally:
-        monitor.finish()
+        system_metrics.finish(monitor)
         best = _close(tuner, parent, status, progress)
     return best
 

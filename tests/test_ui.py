@@ -6,7 +6,6 @@ system browser; `playwright install` is never needed). Missing either fails.
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.cli.commands import cli
 from pipeline.tracking import names
+from pipeline.tracking import ui as ui_module
 from pipeline.tracking.datasets import CONTEXTS
 
 try:
@@ -88,7 +88,7 @@ def server(finished_sweep, tmp_path):
         wait_until_healthy(url, process, log_path)
         yield url
     finally:
-        stop(process)
+        ui_module.stop(process)
 
 
 def free_port():
@@ -113,20 +113,6 @@ def wait_until_healthy(url, process, log_path):
         time.sleep(0.5)
     pytest.fail(f"mlflow server not healthy after {SERVER_START_S}s:\n"
                 f"{log_path.read_text()}")
-
-
-def stop(process):
-    """Stops the server and the workers it started (its whole process group)."""
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def run_link(page, name):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -102,7 +103,7 @@ def bound_requests(environ=os.environ):
 # A write still failing after this long fails its trial (which then runs again).
 RETRY_SECONDS = 120.0
 MAX_RETRY_DELAY = 15.0
-STOP_CALLS_SECONDS = 15.0  # After SIGTERM no call starts later: each may take 10 s.
+STOP_CALLS_SECONDS = 15.0  # After SIGTERM, every call to the store ends within this.
 STOP_RETRY_SECONDS = 10.0
 _stopping_at = None
 _waiting = contextlib.nullcontext  # What each call runs in (`wait_interruptibly`).
@@ -161,6 +162,38 @@ def stop_retrying():
     _stopping_at = time.monotonic()
 
 
+def within_stop_budget(call):
+    """Runs `call`; once stopping, only within what is left of `STOP_CALLS_SECONDS`
+    after the SIGTERM, all calls together: a call still waiting on the store then is
+    left to a daemon thread (which cannot hold the process up) and this raises.
+
+    Raises:
+        TrackingUnavailable: stopping, and the budget is spent.
+    """
+    if _stopping_at is None:
+        return call()
+    left = _stopping_at + STOP_CALLS_SECONDS - time.monotonic()
+    if left <= 0:
+        raise TrackingUnavailable("stopping: no further call to the tracking server")
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = call()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below.
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True, name="store-call")
+    thread.start()
+    thread.join(left)
+    if thread.is_alive():
+        raise TrackingUnavailable(f"stopping: the tracking server did not answer within "
+                                  f"{STOP_CALLS_SECONDS:.0f} s of the signal")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def wait_interruptibly(context):
     """Runs each call to the store, and each pause between retries, in `context()`:
     the sweep passes `interrupts.interruptible`, so that a SIGTERM cuts short a wait
@@ -180,11 +213,11 @@ def retry(call, seconds=RETRY_SECONDS, delay=0.5):
     """
     deadline = time.monotonic() + seconds
     while True:
-        if _stopping_at is not None and time.monotonic() > _stopping_at + STOP_CALLS_SECONDS:
-            raise TrackingUnavailable("stopping: no further call to the tracking server")
         try:
             with _waiting():
-                return call()
+                return within_stop_budget(call)
+        except TrackingUnavailable:
+            raise
         except Exception as e:
             if _stopping_at is not None:  # Shutting down: retry only briefly.
                 deadline = min(deadline, _stopping_at + STOP_RETRY_SECONDS)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from pipeline.errors import TrackingUnavailable
+
 SAMPLING_SECONDS = 5.0
 
 
@@ -24,3 +26,14 @@ def start(run_id):
                                    samples_before_logging=1, resume_logging=True)
     monitor.start()
     return monitor
+
+
+def finish(monitor):
+    """Stops the monitor and writes its last samples; once the sweep is stopping, only
+    within the time left to calls to the store (MLflow's `finish` waits unbounded)."""
+    from pipeline.tracking import server
+
+    try:
+        server.within_stop_budget(monitor.finish)
+    except TrackingUnavailable:
+        pass  # The process is stopping; its last samples are not worth the wait.

@@ -108,7 +108,7 @@ def serve(tracking_uri, port, on_ready):
             return
         finally:
             signal.signal(signal.SIGTERM, previous)
-            _stop(process)
+            stop(process)
 
 
 def _raise_interrupt(signum, frame):
@@ -138,7 +138,7 @@ def _last_line(log):
     return lines[-1] if lines else "no output"
 
 
-def _stop(process):
+def stop(process):
     """Stops `mlflow ui` and the workers it started (its process group)."""
     for sig, grace in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, 5)):
         try:
