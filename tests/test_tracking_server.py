@@ -253,6 +253,21 @@ def test_retry_gives_up_soon_once_the_process_is_stopping(monkeypatch):
     assert time.monotonic() - start < 1.5
 
 
+def test_once_stopping_every_call_together_ends_within_the_stop_budget(monkeypatch):
+    # A store that hangs: each call would wait far longer than the grace period.
+    monkeypatch.setattr(server_module, "STOP_CALLS_SECONDS", 1.0)
+    monkeypatch.setattr(server_module, "_stopping_at", None)
+    hung = threading.Event()
+    server_module.stop_retrying()
+    start = time.monotonic()
+    for _ in range(3):  # One call spends the budget; the next ones start none.
+        with pytest.raises(TrackingUnavailable, match="stopping"):
+            retry(lambda: hung.wait(60), seconds=120, delay=0.05)
+    assert time.monotonic() - start < 2.0
+    assert [t for t in threading.enumerate() if t.name == "store-call"][0].daemon
+    hung.set()
+
+
 def test_each_mlflow_call_is_bounded_unless_the_user_chose_otherwise(monkeypatch):
     import mlflow.environment_variables as variables
 

@@ -344,7 +344,7 @@ def test_the_link_a_sweep_prints_opens_its_trials_ready_to_compare(
     page.locator("label", has=page.locator('input[value="CHART"]')).click()
     cards = page.get_by_test_id("experiment-view-compare-runs-card")
     expect(cards.first).to_contain_text("Parallel Coordinates")
-    axes = cards.first.locator("svg text.axis-title")
+    axes = cards.first.locator("g.axis text.label")  # Each axis's name.
     expect(axes).to_have_count(len(SEARCHED) + 1)
     assert axes.all_text_contents() == [*SEARCHED, names.VAL_ACCURACY]
     expect(cards.nth(1)).to_contain_text(names.VAL_ACCURACY)

@@ -60,7 +60,11 @@ def import_tensorflow(argv):
 
 
 def libraries(verbose_level):
-    """MLflow's own INFO lines only with `-v` (`MLFLOW_LOGGING_LEVEL` still rules)."""
-    level = "INFO" if verbose_level else "WARNING"
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)  # Read when MLflow is imported.
-    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
+    """MLflow's own INFO lines only with `-v`; a level the user set stays, unless it
+    is the quiet one and `-v` asks for more."""
+    current = os.environ.get("MLFLOW_LOGGING_LEVEL", "").upper()
+    if verbose_level and current in ("", "WARNING"):
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"  # Read when MLflow is imported.
+    elif not current:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
