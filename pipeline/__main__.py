@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from pipeline.cli import quiet  # noqa: E402
 
-quiet.import_tensorflow(sys.argv[1:])
+quiet.hush_tensorflow(sys.argv[1:])
 
 from pipeline.cli.commands import main  # noqa: E402
 

@@ -3,14 +3,16 @@
 TensorFlow's C++ side writes its absl lines (oneDNN, CUDA probing) straight to file
 descriptor 2 while it is imported, before any Python logging applies, and
 `TF_CPP_MIN_LOG_LEVEL` no longer silences them (TensorFlow 2.21). They are caught
-at the descriptor during the import and shown only if the import fails or `-v` was
-asked for. MLflow's INFO lines (system metrics, temporary directories, model
-registration) are cut to warnings the same way.
+at the descriptor during the import (wherever it happens first) and shown only if
+the import fails or `-v` was asked for. MLflow's INFO lines (system metrics,
+temporary directories, model registration) are cut to warnings the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import re
@@ -18,7 +20,6 @@ import sys
 import tempfile
 
 VERBOSE = re.compile(r"-v+|--verbose")
-TRAINING_COMMANDS = {"sweep", "exercise"}
 
 
 def verbose(argv):
@@ -50,13 +51,33 @@ def native_stderr(show):
                 os.write(2, caught.read())
 
 
-def import_tensorflow(argv):
-    """Imports TensorFlow with its start-up lines held back unless `-v`, for the
-    commands that train (the others, and bad input, stay fast without it)."""
-    if not set(argv) & TRAINING_COMMANDS:
-        return
-    with native_stderr(verbose(argv)):
-        import tensorflow  # noqa: F401
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` as usual, then runs its import inside `native_stderr`."""
+
+    def __init__(self, show):
+        self.show = show
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # Once: the real finders do the finding.
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        load, show = spec.loader.exec_module, self.show
+
+        def exec_module(module):
+            with native_stderr(show):
+                load(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def hush_tensorflow(argv):
+    """Holds back TensorFlow's start-up lines, whenever it is first imported, unless
+    `-v`; a command that never imports it (bad input, `list`) pays nothing."""
+    sys.meta_path.insert(0, _QuietImport(verbose(argv)))
 
 
 def libraries(verbose_level):
