@@ -13,7 +13,9 @@ Relied on (`MODULE_NAMES`, `CLASS_NAMES`, `ORACLE_STATE`):
   each worker's last call and to answer IDLE), `exit_chief(oracle)`.
 - `keras_tuner.src.distribute.oracle_client`: `TIMEOUT`, the seconds every call
   of a worker's client waits (an hour by default; `--chief-timeout` sets it);
-  `OracleClient.stub`, replaced by a stub whose calls carry the sweep's token.
+  `OracleClient.stub`, replaced by a stub whose calls carry the sweep's token, and
+  called directly for a trial's per-epoch report (`report_epoch`): 1.4.8's
+  `OracleClient.update_trial` drops the chief's answer in multi-worker mode.
 - `keras_tuner.src.distribute.utils`: `has_chief_oracle()`, `is_chief_oracle()`.
 - `Oracle` methods overridden or called: `_duplicate(values)` (flags infeasible
   draws), `_random_values()` (a fresh feasible draw), `_check_consecutive_failures()`
@@ -126,6 +128,19 @@ def set_client_stub(oracle_client_, stub):
 
 def client_stub(oracle_client_):
     return oracle_client_.stub
+
+
+def report_epoch(oracle, trial_id, metrics, step):
+    """Reports a trial's epoch `step` to the oracle (`update_trial`); returns the
+    trial's status as the oracle answers it (STOPPED: pruned). A worker's
+    `OracleClient.update_trial` drops the chief's answer in multi-worker mode, so
+    its stub is called directly."""
+    if isinstance(oracle, oracle_client.OracleClient):
+        response = client_stub(oracle).UpdateTrial(
+            service().UpdateTrialRequest(trial_id=trial_id, metrics=metrics, step=step),
+            wait_for_ready=True, timeout=client_timeout())
+        return keras_tuner.engine.trial.Trial.from_proto(response.trial).status
+    return oracle.update_trial(trial_id, metrics, step=step).status
 
 
 def client_timeout():

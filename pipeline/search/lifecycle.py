@@ -18,6 +18,7 @@ A trial alone and a member of a pack share every step but training.
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import time
@@ -81,14 +82,18 @@ class Lifecycle:
         tuner_id: this process's Keras Tuner id (the runs' `worker` tag).
         lease: on a worker, a function of a trial id: whether the chief still has
             the trial handed to this worker; None elsewhere.
+        report: under pruning, a function (trial id, epoch, objective value) -> the
+            trial's status as the oracle answers it (STOPPED: pruned); else None.
     """
 
-    def __init__(self, spec, space, options, progress, parent, tuner_id, lease=None):
+    def __init__(self, spec, space, options, progress, parent, tuner_id, lease=None,
+                 report=None):
         self.spec, self.space, self.options = spec, space, options
         self.progress = progress
         self.parent = parent
         self.tuner_id = tuner_id
         self.lease = lease
+        self.report = report
         self.pending = []  # Lives whose run is still being written, oldest first.
         self.unlogged = []  # Trial ids whose run could not be written whole.
         self.run_ids = {}  # Trial id -> the run this process wrote (or found) for it.
@@ -192,7 +197,9 @@ class Life:
         self.trial = trial
         self.config = config
         self.result = Result(trial.trial_id, config, time.perf_counter())
-        self.stopping = Stopping(lifecycle.spec.training, lifecycle.spec.tuner.objective)
+        report = lifecycle.report and functools.partial(lifecycle.report, trial.trial_id)
+        self.stopping = Stopping(lifecycle.spec.training, lifecycle.spec.tuner.objective,
+                                 report)
         self.model = self.order = self.run = None
         self.fit_seconds = 0.0
 
@@ -273,14 +280,23 @@ class Life:
             f"{self.config.describe()}",
             {names.FIT_SECONDS: self.fit_seconds, names.BEST_EPOCH: outcome.best_epoch,
              names.TRIAL_SECONDS: time.perf_counter() - self.result.started},
-            EVAL_BATCH_SIZE, test_metrics, confirm=self._confirm(),
-            tags={names.STOPPED_EARLY: str(outcome.stopped_early).lower()}
-            if self.stopping.early else None)
+            EVAL_BATCH_SIZE, test_metrics, confirm=self._confirm(), tags=self._tags(outcome))
         lifecycle.pending.append(self)
         epochs = self.run.epochs
         kept = epochs.index(outcome.best_epoch) if outcome.best_epoch in epochs else -1
         self.end(COMPLETED, {k: self.run.history[k][kept]
                              for k in (names.VAL_ACCURACY, names.VAL_LOSS)})
+
+    def _tags(self, outcome):
+        """`stopped_early` under early stopping or pruning; `pruned` and its rung."""
+        tags = {}
+        if self.stopping.early:
+            tags[names.STOPPED_EARLY] = str(outcome.stopped_early).lower()
+        if self.stopping.prune:
+            tags[names.PRUNED] = str(self.stopping.pruned_at is not None).lower()
+            if self.stopping.pruned_at is not None:
+                tags[names.PRUNED_AT] = str(self.stopping.pruned_at)
+        return tags or None
 
     def fail(self, error):
         """Ends the run FAILED with `error` as its reason."""

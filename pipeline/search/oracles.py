@@ -11,13 +11,14 @@ in `populate_space()` and replaced.
 
 from __future__ import annotations
 
+import copy
 import re
 
 import keras_tuner
 from keras_tuner.engine.trial import Trial, TrialStatus
 
 from pipeline.errors import SweepStopped
-from pipeline.search import internals
+from pipeline.search import internals, pruning
 
 # Infeasible draws count as collisions; allow many before calling the space spent.
 MAX_REJECTIONS = 2000
@@ -37,9 +38,10 @@ def failure_reason(message):
 class ConstrainedOracle:
     """Mixin for a Keras Tuner oracle: only feasible configurations come out."""
 
-    def __init__(self, *args, space, **kwargs):
+    def __init__(self, *args, space, pruning=None, **kwargs):
         super().__init__(*args, max_retries_per_trial=MAX_RETRIES_PER_TRIAL, **kwargs)
         self.space = space
+        self.pruning = pruning  # The spec's `tuner.pruning`, or None.
         internals.set_max_collisions(self, MAX_REJECTIONS)
         self.stopped = None  # Why the sweep stopped (the failure limit), once it has.
         # On a restarted chief, the keys of the leases it gave back to workers that
@@ -77,6 +79,18 @@ class ConstrainedOracle:
             run = run + 1 if self.trials[trial_id].status == TrialStatus.FAILED else 0
             longest = max(longest, run)
         return longest
+
+    @internals.synchronized
+    def update_trial(self, trial_id, metrics, step=0):
+        """Keras Tuner's per-epoch report (`step` = the epoch). Returns the trial; a
+        copy of it STOPPED when it is pruned at this rung (`pruning`): the oracle's own
+        record stays RUNNING until the trial ends, as Keras Tuner expects."""
+        trial = super().update_trial(trial_id, metrics, step=step)
+        if (self.pruning and trial.status == TrialStatus.RUNNING
+                and pruning.decide(self, self.pruning, trial_id, step)):
+            trial = copy.copy(trial)
+            trial.status = TrialStatus.STOPPED
+        return trial
 
     @internals.synchronized
     def end_trial(self, trial):
@@ -175,6 +189,7 @@ def make_oracle(spec, space):
         objective=keras_tuner.Objective(t.objective, direction=spec.direction),
         seed=t.seed,
         max_consecutive_failed_trials=t.max_consecutive_failed_trials,
+        pruning=t.pruning,
     )
     if t.algorithm == "hyperband":
         oracle = HyperbandOracle(max_epochs=spec.training.epochs,

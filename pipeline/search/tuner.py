@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from pipeline.errors import LoggingFailed, SweepStopped
 from pipeline.progress import Progress
-from pipeline.search import distributed, internals, interrupts, lifecycle, packing
+from pipeline.search import distributed, internals, interrupts, lifecycle, packing, pruning
 from pipeline.search.oracles import failure_reason, make_oracle
 from pipeline.tracking import names, runs
 from pipeline.training.device import device_arrays
@@ -75,7 +75,8 @@ class SweepTuner(keras_tuner.Tuner):
         self.lifecycle = lifecycle.Lifecycle(
             spec, space, options, self.progress, lambda: self.parent, self.tuner_id,
             lease=(lambda trial_id: distributed.still_holds(self.oracle, trial_id))
-            if worker else None)
+            if worker else None,
+            report=self._report_epoch if spec.tuner.pruning else None)
         self._results = {}  # Trial id -> its `lifecycle.Result`, until `on_trial_end`.
         self._heartbeat = None
         self._superseded = set()  # A worker's trials re-issued to another worker.
@@ -185,6 +186,9 @@ class SweepTuner(keras_tuner.Tuner):
         for _ in range(WORKER_ATTEMPTS if self.lifecycle.lease else 1):
             result = self._live(trial, dataset)
             if result.status == lifecycle.COMPLETED:
+                if self.lifecycle.report:  # Its epochs were reported: so is what it kept
+                    # (Keras Tuner reports nothing for a trial that reported itself).
+                    self.oracle.update_trial(trial.trial_id, result.metrics)
                 return result.metrics
             if result.status == lifecycle.SUPERSEDED:
                 self._superseded.add(trial.trial_id)
@@ -260,6 +264,11 @@ class SweepTuner(keras_tuner.Tuner):
             self.progress.trial(trial.trial_id, result.config,
                                 time.perf_counter() - result.started, result.metrics, failure)
 
+    def _report_epoch(self, trial_id, epoch, value):
+        """A trial's epoch to the oracle, which may prune it (`pruning`)."""
+        return internals.report_epoch(self.oracle, trial_id,
+                                      {self.spec.tuner.objective: value}, epoch)
+
     def best_trial(self):
         """The best completed trial (`runs.Best`), or None.
 
@@ -272,8 +281,11 @@ class SweepTuner(keras_tuner.Tuner):
         trial = best[0]
         run_id = self.lifecycle.run_ids.get(trial.trial_id) or runs.finished_run_of(
             self.parent.run_id, trial.trial_id)
-        return runs.Best(trial.trial_id, trial.metrics.get_last_value(names.VAL_ACCURACY),
-                         run_id)
+        # The kept epoch's, reported last at step 0 (under pruning, epochs 1.. are
+        # reported too, and Keras Tuner's "last value" would be the last epoch's).
+        kept = pruning.at_step(trial, names.VAL_ACCURACY, 0)
+        return runs.Best(trial.trial_id, kept if kept is not None
+                         else trial.metrics.get_last_value(names.VAL_ACCURACY), run_id)
 
 
 def _a_bug(trial):

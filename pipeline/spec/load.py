@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.errors import SpecError
 from pipeline.spec.fields import (
+    at_most,
     boolean,
     choices,
     hyper,
@@ -38,11 +39,13 @@ from pipeline.spec.schema import (
     MAX_UNITS,
     OBJECTIVES,
     PARTS,
+    PRUNING_RULES,
     SCHEDULES,
     Choice,
     Constraints,
     DivergenceGuard,
     EarlyStopping,
+    Pruning,
     Range,
     SearchSpace,
     Spec,
@@ -255,7 +258,30 @@ def _parse_tuner(raw):
         num_initial_points=integer(raw, "num_initial_points", "tuner.num_initial_points",
                                    minimum=1, optional=True),
         pack=integer(raw, "pack", "tuner.pack", minimum=1, maximum=MAX_PACK, optional=True),
+        pruning=_pruning(raw.get("pruning")),
     )
+
+
+def _pruning(raw):
+    """`tuner.pruning`: {rungs[, rule, eta, min_trials]}; absent or null: off."""
+    if raw is None:
+        return None
+    where = "tuner.pruning"
+    raw = mapping(raw, where, {"rungs", "rule", "eta", "min_trials"}, required=True)
+    rungs = raw.get("rungs")
+    if not isinstance(rungs, list) or not rungs:
+        raise SpecError(f"{where}.rungs: expected a list of epochs, e.g. [2, 4, 8]")
+    rungs = tuple(number(r, f"{where}.rungs", integer=True) for r in rungs)
+    if rungs[0] < 1 or list(rungs) != sorted(set(rungs)):
+        raise SpecError(f"{where}.rungs: expected increasing epochs from 1, got {list(rungs)}")
+    at_most(rungs[-1], f"{where}.rungs", MAX_EPOCHS)
+    rule = raw.get("rule", "median")
+    if rule not in PRUNING_RULES:
+        raise SpecError(f"{where}.rule: {rule!r} is not one of {', '.join(PRUNING_RULES)}")
+    return Pruning(rungs=rungs, rule=rule,
+                   eta=integer(raw, "eta", f"{where}.eta", minimum=2, maximum=100, default=3),
+                   min_trials=integer(raw, "min_trials", f"{where}.min_trials", minimum=1,
+                                      maximum=MAX_TRIALS, default=3))
 
 
 def _check_ranges(spec):

@@ -116,6 +116,21 @@ class DivergenceGuard:
     below: float = 0.2
 
 
+PRUNING_RULES = ("median", "halving")
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """Stop a trial at a rung (an epoch in `rungs`) when it is behind the trials that
+    reached that epoch: below their median (`median`), or outside the best 1/`eta`
+    of them (`halving`); a rung decides once `min_trials` others have reached it."""
+
+    rungs: tuple
+    rule: str = "median"
+    eta: int = 3
+    min_trials: int = 3
+
+
 @dataclass(frozen=True)
 class TunerSettings:
     algorithm: str = "random"
@@ -126,6 +141,7 @@ class TunerSettings:
     hyperband_factor: int = 3
     num_initial_points: int | None = None
     pack: int | None = None  # Trials trained together in one step; None: chosen.
+    pruning: Pruning | None = None
 
 
 @dataclass(frozen=True)

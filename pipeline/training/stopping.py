@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import keras
 import keras_tuner
 
-from pipeline.spec.schema import OBJECTIVES
+from pipeline.spec.schema import OBJECTIVES, EarlyStopping
 
 
 @dataclass(frozen=True)
@@ -42,28 +42,56 @@ class DivergenceCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class Stopping:
-    """The callbacks of a spec's `training.early_stopping` and `divergence_guard`, for a
-    trial trained by `fit` or, one per member, for a pack (`end_epoch`)."""
+class PruneCallback(keras.callbacks.Callback):
+    """Reports each epoch's objective to the oracle (`report(epoch, value)`, 1-based,
+    returning the trial's status) and stops training when it answers STOPPED: the
+    trial was pruned at that rung (`rung`)."""
 
-    def __init__(self, training, objective):
+    def __init__(self, report, objective):
+        super().__init__()
+        self.report, self.objective = report, objective
+        self.rung = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.objective)
+        if value is None or self.rung is not None:
+            return
+        if self.report(epoch + 1, float(value)) == keras_tuner.engine.trial.TrialStatus.STOPPED:
+            self.rung = epoch + 1
+            self.model.stop_training = True
+
+
+class Stopping:
+    """The callbacks of a spec's `training.early_stopping` and `divergence_guard`, and of
+    pruning across trials (`report`: see `PruneCallback`), for a trial trained by `fit`
+    or, one per member, for a pack (`end_epoch`)."""
+
+    def __init__(self, training, objective, report=None):
         self.early = None
         self.guard = None
-        if training.early_stopping is not None:
+        self.prune = None
+        if training.early_stopping is not None or report is not None:
+            # Under pruning alone, an EarlyStopping that never stops keeps the best epoch.
+            early = training.early_stopping or EarlyStopping(patience=training.epochs + 1)
             self.early = keras.callbacks.EarlyStopping(
-                monitor=objective, mode=OBJECTIVES[objective],
-                patience=training.early_stopping.patience,
-                min_delta=training.early_stopping.min_delta,
-                restore_best_weights=True)
+                monitor=objective, mode=OBJECTIVES[objective], patience=early.patience,
+                min_delta=early.min_delta, restore_best_weights=True)
         if training.divergence_guard is not None:
             guard = training.divergence_guard
             self.guard = DivergenceCallback(guard.epochs, guard.below)
+        if report is not None:
+            self.prune = PruneCallback(report, objective)
         self._watched = None  # The model `end_epoch` drives the callbacks for.
         self._ended = False
 
+    @property
+    def pruned_at(self):
+        """The rung (epoch) at which the trial was pruned, or None."""
+        return self.prune.rung if self.prune is not None else None
+
     def callbacks(self):
-        """The Keras callbacks, for `fit`."""
-        return [c for c in (self.early, self.guard) if c is not None]
+        """The Keras callbacks, for `fit` (pruning last: it sees the epoch kept)."""
+        return [c for c in (self.early, self.guard, self.prune) if c is not None]
 
     def end_epoch(self, model, epoch, logs):
         """Drives the callbacks by hand for a model trained outside `fit` (a pack's
