@@ -83,9 +83,9 @@ def test_report_numbers_equal_what_mlflow_holds_and_are_logged(
 
     # report.html is self-contained; the files are logged to a `report` run.
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4
     assert 'src="http' not in html and "<table>" in html
-    for name in ("curves.png", "accuracy_vs_params.png", "gradients.png"):
+    for name in ("curves.png", "accuracy_vs_params.png", "gradients.png", "best_so_far.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     experiment = client.get_experiment_by_name("mnist-sweeps")
     (run,) = client.search_runs([experiment.experiment_id], f"tags.{names.REPORT} = 'exercise'")

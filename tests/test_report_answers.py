@@ -21,7 +21,7 @@ from pipeline.spec.schema import EXERCISE
 from pipeline.tracking import names
 
 EXPERIMENT = "mnist-sweeps"
-FIGURES = ("curves.png", "accuracy_vs_params.png", "gradients.png")
+FIGURES = ("curves.png", "accuracy_vs_params.png", "gradients.png", "best_so_far.png")
 
 
 def dense_counts(units):

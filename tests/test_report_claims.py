@@ -95,3 +95,31 @@ def test_a_report_of_part1_narrow_alone_claims_nothing_of_the_other_parts(
     html = (workdir / "out" / "report.html").read_text()
     assert (f'<a href="http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/'
             f'{best}?workflowType=machine_learning"><code>{best}</code></a>') in html
+
+
+def test_the_report_draws_each_sweeps_best_accuracy_so_far_against_time(
+        runner, client, mnist_path, workdir):
+    for spec in (SPEC, "part1-wide"):
+        result = runner.invoke(cli, ["sweep", spec, "--data", mnist_path, "--train-limit",
+                                     "500", "--epochs", "1", "--max-trials", "3"])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["report", "--out", "out"])
+    assert result.exit_code == 0, result.output
+    answers = json.loads((workdir / "out" / "report.json").read_text())
+    assert set(answers["best_so_far"]) == {SPEC, "part1-wide"}
+    experiment = client.get_experiment_by_name(names.DEFAULT_EXPERIMENT)
+    for spec, curve in answers["best_so_far"].items():
+        runs = {r.info.run_id: r for r in client.search_runs(
+            [experiment.experiment_id],
+            f"tags.{names.SWEEP} = '{spec}' and tags.{names.TRIAL_ID} != ''")}
+        start = min(r.info.start_time for r in runs.values())
+        assert [run_id for *_, run_id in curve] == sorted(
+            runs, key=lambda run_id: runs[run_id].info.end_time)  # Every trial, by its end.
+        best = 0.0
+        for seconds, so_far, run_id in curve:
+            best = max(best, runs[run_id].data.metrics[names.VAL_ACCURACY])
+            assert so_far == best
+            assert seconds == (runs[run_id].info.end_time - start) / 1000
+    assert "Best validation accuracy so far against elapsed time" in (
+        workdir / "out" / "report.md").read_text()
+    assert (workdir / "out" / "best_so_far.png").read_bytes()[:4] == b"\x89PNG"

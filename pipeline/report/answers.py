@@ -54,7 +54,21 @@ def answer(sweeps):
     answers["pareto"] = [_model(t) for t in pareto_front(
         [t for name in EXERCISE if name in sweeps for t in sweeps[name].trials])]
     answers["part3"] = _part_three(sweeps)
+    answers["best_so_far"] = {name: best_so_far(sweeps[name].trials)
+                              for name in EXERCISE if name in sweeps}
     return answers
+
+
+def best_so_far(trials):
+    """The sweep's best validation accuracy so far at each trial's end:
+    [[seconds since its first trial started, best val_accuracy, that trial's run]]."""
+    start = min(t.run.info.start_time for t in trials)
+    curve, best = [], -math.inf
+    for trial in sorted(trials, key=lambda t: t.run.info.end_time or 0):
+        best = max(best, trial.metrics[names.VAL_ACCURACY])
+        curve.append([((trial.run.info.end_time or start) - start) / 1000, best,
+                       trial.run_id])
+    return curve
 
 
 def pareto_front(trials):

@@ -87,3 +87,23 @@ def gradients_by_depth(series, panels):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize="small")
     return fig
+
+
+def best_so_far(curves):
+    """Each sweep's best validation accuracy so far against its elapsed time.
+
+    Args:
+        curves: a dict from a sweep's name to [(seconds, best val_accuracy, ...)].
+    """
+    fig = Figure(figsize=(8, 5), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for name, curve in curves.items():
+        seconds, best = [p[0] for p in curve], [p[1] for p in curve]
+        ax.step(seconds, best, where="post", marker="o", markersize=3,
+                label=f"{name} ({len(curve)} trials)")
+    ax.set_xlabel("seconds since the sweep's first trial started")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title("Time to accuracy, each sweep")
+    return fig

@@ -12,6 +12,7 @@ from pipeline.tracking import names, views
 # Figures beside the report (and artifacts of its run).
 CURVES = names.CURVES
 ACCURACY_VS_PARAMS = "accuracy_vs_params.png"
+BEST_SO_FAR = "best_so_far.png"
 GRADIENTS = "gradients.png"
 
 
@@ -261,6 +262,10 @@ def _render_figures(doc, sweeps, answers):
                    "Test accuracy against trainable parameters (log scale), every trial "
                    "of " + ", ".join(f"{label} ({len(p)})" for label, p in points.items())
                    + "; the line is the Pareto front, its models named.")
+    if answers["best_so_far"]:
+        doc.figure(BEST_SO_FAR, plots.best_so_far(answers["best_so_far"]),
+                   "Best validation accuracy so far against elapsed time, at each trial's "
+                   "end, of: " + ", ".join(answers["best_so_far"]) + ".")
 
 
 GRADIENT_PANELS = ("after epoch 1", "after the last epoch")
