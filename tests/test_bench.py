@@ -45,3 +45,11 @@ def test_part3_benchmark_quick_mode_prints_the_ratio_to_plain_keras(mnist_path, 
     out = quick("bench_part3.py", mnist_path, workdir)
     assert "ratio trial fit / plain fit:" in out and "[target <= 1.00]" in out
     assert "plain Keras fit (XLA, every core):" in out and "rep 1:" in out
+
+
+def test_pruning_benchmark_quick_mode_prints_the_time_to_accuracy_ratio(mnist_path, workdir):
+    out = quick("bench_pruning.py", mnist_path, workdir)
+    assert "without pruning: 6 trials (0 pruned)" in out
+    assert "with pruning: 6 trials (" in out
+    (line,) = [x for x in out.splitlines() if x.startswith("ratio pruned / unpruned")]
+    assert "[target <= 0.50]" in line
