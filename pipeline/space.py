@@ -60,6 +60,14 @@ class TrialConfig:
     warmup_epochs: int = 0
     weight_decay: float = 0.0
     nesterov: bool = False
+    # The trial's whole budget, which its schedule spans: Hyperband trains a trial in
+    # rungs (`epochs` is where this rung stops), each continuing the schedule.
+    budget_epochs: int | None = None
+
+    @property
+    def schedule_epochs(self):
+        """The epochs the learning-rate schedule is defined over."""
+        return max(self.budget_epochs or self.epochs, self.epochs)
 
     @property
     def plain_sgd(self):
@@ -138,6 +146,7 @@ class ConstrainedSpace:
             weight_decay=float(_declare(hp, "weight_decay", s.weight_decay,
                                         training.weight_decay)),
             nesterov=bool(_declare(hp, "nesterov", s.nesterov, training.nesterov)),
+            budget_epochs=training.epochs,
         )
 
     def _warmup(self, hp, schedule):

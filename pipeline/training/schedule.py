@@ -1,7 +1,8 @@
 """SGD and its learning-rate schedule for a trial, from Keras' own schedules.
 
 - `constant`: the rate stays `learning_rate` (after the warm-up, if any);
-- `step`: the rate drops tenfold at half and at three quarters of the epochs
+- `step`: the rate drops tenfold at half and at three quarters of the epochs (the
+  trial's whole budget, `TrialConfig.schedule_epochs`, as for the others)
   (Keras' `PiecewiseConstantDecay`; no warm-up);
 - `cosine`: the rate falls from `learning_rate` to 0 along a half cosine over the
   epochs after the warm-up (Keras' `CosineDecay`).
@@ -44,7 +45,9 @@ def learning_rate(config, steps_per_epoch):
         return rate
     if not steps_per_epoch:
         raise ValueError(f"the {config.schedule} schedule needs steps_per_epoch")
-    total = steps_per_epoch * max(1, config.epochs)
+    # Over the trial's whole budget: a Hyperband rung that stops early, then goes on
+    # from its saved model (whose optimizer counts its steps), resumes the schedule.
+    total = steps_per_epoch * max(1, config.schedule_epochs)
     if config.schedule == "step":
         boundaries = [max(1, int(total * f)) for f in STEP_DROPS]
         values = [rate / STEP_FACTOR**i for i in range(len(boundaries) + 1)]
