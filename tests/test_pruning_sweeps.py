@@ -114,7 +114,8 @@ def test_a_resumed_sweep_prunes_against_the_trials_of_the_first_run(
 def test_workers_prune_against_every_workers_trials(tracking_server, client, spec_path,
                                                      mnist_path, workdir):
     process = SweepProcess([spec_path, "--data", mnist_path, "--train-limit", "1000",
-                            "--epochs", str(EPOCHS), "--max-trials", "6", "--workers", "2"],
+                            "--epochs", str(EPOCHS), "--max-trials", "6", "--workers", "2",
+                            "--pack", "1"],
                            workdir)
     assert process.wait(600) == 0, process.text
     runs = trials(client)
