@@ -9,12 +9,12 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from servers import wait_for
 
 from pipeline.cli.commands import cli
 from pipeline.tracking import names
@@ -99,20 +99,17 @@ def free_port():
 
 def wait_until_healthy(url, process, log_path):
     """Waits until `url/health` answers; fails with the server's output if it never does."""
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
+
+    def healthy():
         if process.poll() is not None:
-            pytest.fail(f"mlflow server exited {process.returncode}:\n"
-                        f"{log_path.read_text()}")
+            pytest.fail(f"mlflow server exited {process.returncode}:\n{log_path.read_text()}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
+                return response.status == 200
         except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {SERVER_START_S}s:\n"
-                f"{log_path.read_text()}")
+            return False
+
+    wait_for(healthy, SERVER_START_S, f"mlflow server (log: {log_path})")
 
 
 def run_link(page, name):
