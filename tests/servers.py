@@ -219,9 +219,17 @@ class MlflowServer:
 
 
 def _default_sigint():
-    """A user's Ctrl-C reaches the sweep even when the tests run in the background
-    (a non-interactive shell starts background jobs with SIGINT ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    """A user's Ctrl-C reaches a sweep even when the tests run in the background (a
+    non-interactive shell starts background jobs with SIGINT ignored, and an ignored
+    signal stays ignored through exec): this process handles it again, so the
+    sweeps it starts get the default. Not a `preexec_fn` per child: that forces a
+    plain fork, whose gRPC post-fork handler can abort the child before it execs
+    (grpc/grpc#43055); without one, Python spawns with vfork."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_default_sigint()
 
 
 class SweepProcess:
@@ -241,7 +249,7 @@ class SweepProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", command, *args], cwd=workdir,
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                start_new_session=True, preexec_fn=_default_sigint)
+                start_new_session=True)  # No preexec_fn: see `_default_sigint`.
 
     @property
     def text(self):

@@ -54,9 +54,16 @@ def _launcher_run(environ):
 
 def _start(command, env):
     """A chief or worker process; it ignores the terminal's Ctrl-C, which reaches
-    the whole process group: the launcher alone turns it into one SIGTERM each."""
-    return subprocess.Popen(command, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    the whole process group: the launcher alone turns it into one SIGTERM each.
+
+    The child inherits an ignored SIGINT through exec (not a `preexec_fn`: that
+    forces a plain fork, whose gRPC post-fork handler can abort the child before
+    it execs, grpc/grpc#43055; without one, Python spawns with vfork)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.Popen(command, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _wait_for_chief(chief, procs, worker_timeout):
