@@ -157,9 +157,12 @@ def _check_credentials(uri):
 
 def stop_retrying():
     """From now on, writes retry for `STOP_RETRY_SECONDS` at most (a SIGTERM must end
-    the process within its grace period, whatever the store does)."""
+    the process within its grace period, whatever the store does). The budget counts
+    from the first signal: a later call (the interrupt reaching the sweep's outer
+    frames, a second signal) does not restart it."""
     global _stopping_at
-    _stopping_at = time.monotonic()
+    if _stopping_at is None:
+        _stopping_at = time.monotonic()
 
 
 def within_stop_budget(call):
