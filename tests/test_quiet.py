@@ -29,3 +29,18 @@ def test_a_sweep_prints_only_its_own_lines_unless_verbose(mnist_path, workdir):
 
     loud = sweep(mnist_path, workdir, "--overwrite", "-v")
     assert "INFO mlflow" in loud and "━━━" in loud and "absl::InitializeLog" in loud
+
+
+@pytest.mark.parametrize("level", [0, 1], ids=["quiet", "verbose"])
+def test_the_bayesian_oracles_fitting_warnings_only_with_verbose(level):
+    # What scikit-learn's Gaussian process warns, every few trials of a Bayesian search.
+    code = ("from pipeline.cli import quiet; import sys, warnings; "
+            "from sklearn.exceptions import ConvergenceWarning; "
+            "quiet.libraries(int(sys.argv[1])); warnings.warn_explicit("
+            "'The optimal value found for dimension 0 of parameter length_scale is close "
+            "to the specified lower bound', ConvergenceWarning, 'kernels.py', 445, "
+            "module='sklearn.gaussian_process.kernels')")
+    done = subprocess.run([sys.executable, "-c", code, str(level)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ("ConvergenceWarning" in done.stderr) == bool(level)

@@ -5,7 +5,8 @@ descriptor 2 while it is imported, before any Python logging applies, and
 `TF_CPP_MIN_LOG_LEVEL` no longer silences them (TensorFlow 2.21). They are caught
 at the descriptor during the import (wherever it happens first) and shown only if
 the import fails or `-v` was asked for. MLflow's INFO lines (system metrics,
-temporary directories, model registration) are cut to warnings the same way.
+temporary directories, model registration) are cut to warnings the same way, and the
+Bayesian oracle's Gaussian process (scikit-learn) keeps its fitting warnings to itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 VERBOSE = re.compile(r"-v+|--verbose")
 
@@ -89,3 +91,5 @@ def libraries(verbose_level):
     elif not current:
         os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    if not verbose_level:  # A length scale at its bound, every few trials: not the user's.
+        warnings.filterwarnings("ignore", module=r"sklearn\.gaussian_process")
