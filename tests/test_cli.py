@@ -22,7 +22,7 @@ def test_list_shows_every_spec_with_its_constraints(runner):
     lines = {line.split()[0]: line for line in result.output.splitlines()
              if line and not line.startswith(" ")}
     assert set(lines) == {"part1-wide", "part1-narrow", "part2-narrow", "part2-medium",
-                          "part2-wide", "part3", "activation"}
+                          "part2-wide", "part3", "part3-hyperband", "activation"}
     assert "params 300,000..814,090" in lines["part1-wide"]
     assert "params 6,370..49,999" in lines["part1-narrow"]
     assert "layers 10..12  units 1..9" in lines["part2-narrow"]

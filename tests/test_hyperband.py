@@ -44,3 +44,22 @@ def test_a_continued_trial_resumes_its_schedule_where_it_stopped(
         assert float(optimizer.learning_rate) == pytest.approx(
             float(full(max(epochs) * steps)), abs=1e-6)
     assert continued, "no trial was continued in a later rung"
+
+
+def test_the_shipped_part3_hyperband_spec_continues_trials_under_part3s_rules(
+        runner, client, mnist_path, workdir):
+    result = runner.invoke(cli, ["sweep", "part3-hyperband", "--data", mnist_path,
+                                 "--epochs", "3", "--max-trials", "6", "--train-limit",
+                                 "600", "--directory", str(workdir / "kt"), "--no-register"])
+    assert result.exit_code == 0, result.output
+    experiment = client.get_experiment_by_name(names.DEFAULT_EXPERIMENT)
+    trials = client.search_runs([experiment.experiment_id], f"tags.{names.TRIAL_ID} != ''")
+    assert len(trials) == 6 and {r.info.status for r in trials} == {"FINISHED"}
+    first = {r.info.run_id: min(m.step for m in client.get_metric_history(
+        r.info.run_id, names.VAL_ACCURACY)) for r in trials}
+    assert any(step > 1 for step in first.values()), "no trial was continued"
+    for run in trials:  # Part Three's rules, and its warm-up before a cosine decay.
+        params = run.data.params
+        assert int(params[names.HIDDEN_LAYERS]) >= 3 and params[names.ACTIVATION] == "sigmoid"
+        assert params[names.WARMUP_EPOCHS] == ("1" if params[names.SCHEDULE] == "cosine"
+                                               else "0")

@@ -72,7 +72,7 @@ def test_the_model_trains_with_the_optimizer_and_reloads_with_plain_keras(tmp_pa
     assert float(again.optimizer.learning_rate) == pytest.approx(0.02)
 
 
-def test_params_are_logged_only_when_active():
+def test_sgds_further_params_are_logged_once_any_is_in_use():
     plain = trial_params(config())
     assert not {names.SCHEDULE, names.WARMUP_EPOCHS, names.WEIGHT_DECAY,
                 names.NESTEROV} & set(plain)
@@ -82,6 +82,9 @@ def test_params_are_logged_only_when_active():
                                   names.NESTEROV)} == {
         names.SCHEDULE: "cosine", names.WARMUP_EPOCHS: 2, names.WEIGHT_DECAY: 5e-4,
         names.NESTEROV: True}
+    # Once one is in use all are logged: a searched `nesterov: false` is a value.
+    partly = trial_params(config(schedule="cosine", weight_decay=5e-4))
+    assert (partly[names.NESTEROV], partly[names.WARMUP_EPOCHS]) == (False, 0)
 
 
 SPEC = """\

@@ -10,7 +10,7 @@ from pipeline.spec.schema import MAX_HIDDEN_LAYERS, MAX_SEED, MAX_TRIALS, Choice
 from pipeline.training.model import kernel_initializer
 
 SHIPPED = ["part1-wide", "part1-narrow", "part2-narrow", "part2-medium", "part2-wide",
-           "part3", "activation"]
+           "part3", "part3-hyperband", "activation"]
 
 
 def write(tmp_path, body, name="custom"):
@@ -52,11 +52,35 @@ def test_shipped_specs_encode_each_part():
     assert (bands["part2-wide"].min_units, bands["part2-wide"].max_units) == (50, 100)
     part3 = spec_module.load("part3")
     assert part3.constraints.min_hidden_layers >= 3
-    assert isinstance(part3.search_space.learning_rate, Range)
-    assert part3.search_space.weight_decay.values == (0.0003, 0.0005, 0.001)
-    t = part3.training  # SGD's own settings; the test set chooses nothing.
-    assert (t.nesterov, t.schedule, t.warmup_epochs, t.validation_split) == (
-        True, "cosine", 1, 5000)
+    t = part3.training  # The test set chooses nothing: 5,000 training images rank trials.
+    assert (t.validation_split, t.epochs) == (5000, 25)
+    assert part3.tuner.pruning is not None and part3.tuner.pruning.rungs
+
+
+def test_part3_searches_the_network_and_sgd_not_a_fixed_model():
+    space = space_module.build(spec_module.load("part3"))
+    assert set(space.searched_params()) >= {
+        "hidden_layers", "units", "learning_rate", "momentum", "nesterov", "weight_decay",
+        "lr_schedule", "batch_size"}  # As MLflow params.
+    # Every trial the oracle can draw keeps Part Three's rules; depth and width span
+    # 3-5 layers of 256-1,024 units.
+    import keras_tuner
+
+    hp = keras_tuner.HyperParameters()
+    space.sample(hp)
+    declared = {p.name: p for p in hp.space}
+    layers, units = declared["hidden_layers"], declared["units"]
+    assert (layers.min_value, layers.max_value, units.min_value, units.max_value) == (
+        3, 5, 256, 1024)
+    assert {"cosine", "step"} <= set(declared["schedule"].values)
+    assert set(declared["batch_size"].values) >= {16, 32}
+
+
+def test_part3_hyperband_searches_part3s_space_under_its_rules_with_hyperband():
+    part3, hyperband = spec_module.load("part3"), spec_module.load("part3-hyperband")
+    assert (hyperband.search_space, hyperband.constraints, hyperband.training) == (
+        part3.search_space, part3.constraints, part3.training)
+    assert (hyperband.tuner.algorithm, hyperband.tuner.pruning) == ("hyperband", None)
 
 
 def test_value_forms(tmp_path):

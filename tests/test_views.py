@@ -36,7 +36,8 @@ def test_a_sweep_link_opens_its_saved_view_in_the_model_training_view():
     ("part1-narrow", [names.UNITS]),
     ("part2-medium", [names.HIDDEN_LAYERS, names.UNITS]),
     ("activation", [names.UNITS, names.ACTIVATION]),
-    ("part3", [names.LEARNING_RATE, names.WEIGHT_DECAY]),
+    ("part3", [names.HIDDEN_LAYERS, names.UNITS, names.LEARNING_RATE, names.MOMENTUM,
+               names.BATCH_SIZE, names.SCHEDULE, names.WEIGHT_DECAY, names.NESTEROV]),
 ])
 def test_the_searched_params_are_those_the_space_varies(spec, searched):
     assert space.build(specfile.load(spec)).searched_params() == searched

@@ -57,11 +57,11 @@ def trial_params(config):
         names.BATCH_SIZE: config.batch_size,
         names.EPOCHS: config.epochs,
         names.LOSS_FUNCTION: LOSS,
-        **{k: v for k, v in ((names.SCHEDULE, config.schedule),
-                             (names.WARMUP_EPOCHS, config.warmup_epochs),
-                             (names.WEIGHT_DECAY, config.weight_decay),
-                             (names.NESTEROV, config.nesterov))
-           if v and v != "constant"},
+        # SGD's further settings, all of them once any is in use: a searched
+        # `nesterov: false` or `schedule: constant` is a value to compare, not a gap.
+        **({} if config.plain_sgd else {
+            names.SCHEDULE: config.schedule, names.WARMUP_EPOCHS: config.warmup_epochs,
+            names.WEIGHT_DECAY: config.weight_decay, names.NESTEROV: config.nesterov}),
     }
 
 
