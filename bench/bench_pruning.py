@@ -4,6 +4,7 @@ search without it.
     python bench/bench_pruning.py --data mnist.npz                  # part3, its defaults
     python bench/bench_pruning.py --data mnist.npz --keep runs/     # and keep both stores
     python bench/bench_pruning.py --data mnist.npz --spec part1-narrow --rungs 2,4
+    python bench/bench_pruning.py --data mnist.npz --algorithm random   # part3's space
     python bench/bench_pruning.py --data mnist.npz --quick          # does it still work (CI)
 
 Both searches run the same spec (same oracle, seed and space), one after the other
@@ -49,6 +50,8 @@ def spec_copy(args, workdir, name, pruning):
     data = spec_data(args)
     data["name"] = name
     data.setdefault("tuner", {}).pop("pruning", None)
+    if args.algorithm:
+        data["tuner"]["algorithm"] = args.algorithm
     if pruning:
         data["tuner"]["pruning"] = pruning
     path = Path(workdir) / f"{name}.yaml"
@@ -102,6 +105,8 @@ def main():
                         help="pruning rungs, epochs (default: the spec's, else 3,6,12)")
     parser.add_argument("--rule", default="", choices=("", "median", "halving"),
                         help="default: the spec's, else median")
+    parser.add_argument("--algorithm", default="", choices=("", "random", "bayesian"),
+                        help="the oracle of both searches (default: the spec's)")
     parser.add_argument("--keep", default="", metavar="DIR",
                         help="keep both searches' MLflow stores and tuner state in DIR")
     args = parse_bench_args(parser)
@@ -115,7 +120,8 @@ def main():
     if args.rule:
         pruning["rule"] = args.rule
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    print(f"# Pruning: time to accuracy ({stamp}, {args.spec}, rungs {pruning['rungs']}, "
+    spec = f"{args.spec} under {args.algorithm}" if args.algorithm else args.spec
+    print(f"# Pruning: time to accuracy ({stamp}, {spec}, rungs {pruning['rungs']}, "
           f"rule {pruning.get('rule', 'median')})\n")
     with (contextlib.nullcontext(args.keep) if args.keep
           else tempfile.TemporaryDirectory()) as workdir:

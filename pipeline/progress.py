@@ -28,8 +28,9 @@ class Progress:
     def say(self, text):
         print(f"[{self.name}] {text}", file=self.stream, flush=True)
 
-    def trial(self, trial_id, config, seconds, metrics=None, failure=None):
-        """Reports a finished trial; Keras Tuner's trial ids count from 0."""
+    def trial(self, trial_id, config, seconds, metrics=None, failure=None, ended=None):
+        """Reports a finished trial; Keras Tuner's trial ids count from 0. `ended`: how
+        it ended before its last epoch (pruned, stopped early), if it did."""
         number = int(trial_id) + 1
         self.durations.append(seconds)
         left = max(0, self.max_trials - number)
@@ -37,7 +38,8 @@ class Progress:
         if failure:
             outcome = f"FAILED ({failure})"
         else:
-            outcome = f"val_accuracy {metrics['val_accuracy']:.4f}"
+            outcome = f"val_accuracy {metrics['val_accuracy']:.4f}" + (
+                f" ({ended})" if ended else "")
         self.say(f"trial {trial_id} ({number}/{self.max_trials})  {config.describe()}  "
                  f"{config.params.total:,} params  {outcome}  {duration(seconds)}  "
                  f"~{duration(eta)} left")

@@ -36,6 +36,13 @@ def test_time_left_is_the_mean_trial_time_and_a_failure_says_why():
     assert last.endswith("~40s left")  # 2 trials left at a mean of 20 s.
 
 
+def test_a_trial_that_ended_before_its_last_epoch_says_how_and_which_epoch_it_kept():
+    out = io.StringIO()
+    Progress("s", 2, stream=out).trial("0", CONFIG, 10, {"val_accuracy": 0.9576},
+                                       ended="pruned at epoch 4, kept 4")
+    assert "val_accuracy 0.9576 (pruned at epoch 4, kept 4)  10s" in out.getvalue()
+
+
 def test_say_prefixes_the_sweep():
     out = io.StringIO()
     Progress("s/worker0", 1, stream=out).say("hello")

@@ -100,6 +100,13 @@ def test_trials_behind_the_median_at_the_rung_stop_and_keep_their_best_epoch(
     kept = [history(client, run)[int(run.data.metrics[names.BEST_EPOCH]) - 1] for run in runs]
     assert parent.data.metrics[names.BEST_VAL_ACCURACY] == pytest.approx(max(kept))
     assert "Traceback" not in output
+    # Each pruned trial's line says so, with its rung and the epoch it kept.
+    for run in runs:
+        if run.data.tags.get(names.PRUNED) == "true":
+            line = next(x for x in output.splitlines()
+                        if f"trial {run.data.tags[names.TRIAL_ID]} (" in x)
+            assert (f"(pruned at epoch {run.data.tags[names.PRUNED_AT]}, kept "
+                    f"{int(run.data.metrics[names.BEST_EPOCH])})") in line
 
 
 def test_a_resumed_sweep_prunes_against_the_trials_of_the_first_run(

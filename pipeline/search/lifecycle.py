@@ -54,6 +54,8 @@ class Result:
         metrics: the objective's metrics at the kept epoch (COMPLETED only).
         run_id: its MLflow run.
         reason: why it did not complete, one line.
+        ended: how a COMPLETED trial ended before its last epoch ("pruned at epoch 4",
+            "stopped early at epoch 11"), with the epoch it kept; else None.
     """
 
     trial_id: str
@@ -63,6 +65,7 @@ class Result:
     metrics: dict | None = None
     run_id: str | None = None
     reason: str | None = None
+    ended: str | None = None
 
 
 def trial_seed(seed, trial_id):
@@ -274,6 +277,7 @@ class Life:
         lifecycle, outcome = self.lifecycle, self.stopping.outcome(self.run.epochs,
                                                                     self.config.epochs)
         lifecycle.wait_for_logging()  # At most one trial's logging runs behind training.
+        self.result.ended = self._ended(outcome)
         spec = lifecycle.spec
         self.run.finish(
             model, test_arrays, f"{spec.name} trial {self.trial.trial_id}: "
@@ -286,6 +290,15 @@ class Life:
         kept = epochs.index(outcome.best_epoch) if outcome.best_epoch in epochs else -1
         self.end(COMPLETED, {k: self.run.history[k][kept]
                              for k in (names.VAL_ACCURACY, names.VAL_LOSS)})
+
+    def _ended(self, outcome):
+        """How the trial ended before its last epoch, for its progress line; else None."""
+        kept = f", kept {outcome.best_epoch}"
+        if self.stopping.pruned_at is not None:
+            return f"pruned at epoch {self.stopping.pruned_at}{kept}"
+        if outcome.stopped_early:
+            return f"stopped early at epoch {self.run.epochs[-1]}{kept}"
+        return None
 
     def _tags(self, outcome):
         """`stopped_early` under early stopping or pruning; `pruned` and its rung."""

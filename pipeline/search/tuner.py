@@ -262,7 +262,8 @@ class SweepTuner(keras_tuner.Tuner):
             if _a_bug(trial) and not result.reason and not self.verbose:
                 self.progress.say(trial.message.rstrip())  # A real bug: its traceback.
             self.progress.trial(trial.trial_id, result.config,
-                                time.perf_counter() - result.started, result.metrics, failure)
+                                time.perf_counter() - result.started, result.metrics, failure,
+                                result.ended)
 
     def _report_epoch(self, trial_id, epoch, value):
         """A trial's epoch to the oracle, which may prune it (`pruning`)."""
