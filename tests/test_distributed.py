@@ -261,6 +261,23 @@ def test_a_silent_workers_trial_goes_to_the_next_worker(serve_oracle):
     assert chief.oracle.ongoing_trials["w2"].trial_id == first.trial_id
 
 
+def test_a_lost_trials_run_is_failed_before_the_trial_is_offered_again(tmp_path,
+                                                                       chief_env):
+    # The next worker settles a run it finds RUNNING as its own leftover (KILLED): the
+    # lost worker's run must have ended FAILED, with its reason, before it can look.
+    oracle = real_oracle(tmp_path, specfile.load("part2-narrow"))
+    lost = oracle.create_trial("w1")
+    queued_when_told = []
+
+    def on_lost(worker, trial, re_issued):
+        queued_when_told.append(list(internals.retry_queue(oracle)))
+
+    distributed._drop_silent(oracle, {"w1": time.monotonic() - 60}, 5, on_lost)
+    assert queued_when_told == [[]]  # Told while no worker could take it yet.
+    assert internals.retry_queue(oracle) == [lost.trial_id]  # Then offered again.
+    assert "w1" not in oracle.ongoing_trials and "w1" not in oracle.tuner_ids
+
+
 def test_a_worker_waits_while_others_run_the_last_trials(serve_oracle):
     chief = serve_oracle(max_trials=2)
     chief.keep_alive("w1")

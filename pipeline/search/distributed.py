@@ -209,14 +209,17 @@ def still_holds(oracle_client, trial_id):
 
 
 @internals.synchronized
-def _give_back(oracle, tuner_id):
-    """Takes a lost worker's trial back into the oracle's retry queue."""
-    trial = oracle.ongoing_trials.pop(tuner_id, None)
+def _take_back(oracle, tuner_id):
+    """Takes a lost worker's trial (None if it had none) and forgets the worker."""
     oracle.tuner_ids.discard(tuner_id)
-    if trial is not None:
-        internals.retry_queue(oracle).append(trial.trial_id)
-        oracle.save()
-    return trial
+    return oracle.ongoing_trials.pop(tuner_id, None)
+
+
+@internals.synchronized
+def _queue_retry(oracle, trial):
+    """Puts a taken-back trial in the oracle's retry queue, for the next worker."""
+    internals.retry_queue(oracle).append(trial.trial_id)
+    oracle.save()
 
 
 @internals.synchronized
@@ -304,6 +307,13 @@ def _drop_silent(oracle, last_seen, worker_timeout, on_lost):
         holder = worker.split("/")[0]  # A packed worker's trials run under sub ids.
         seen = last_seen.setdefault(holder, now)
         if now - seen > worker_timeout:
-            trial = _give_back(oracle, worker)
-            if trial is not None and on_lost:
-                on_lost(worker, trial, True)
+            trial = _take_back(oracle, worker)
+            if trial is None:
+                continue
+            # Told first (its run ends FAILED), then queued: the next worker must not
+            # find the lost run still RUNNING and end it KILLED as its own leftover.
+            try:
+                if on_lost:
+                    on_lost(worker, trial, True)
+            finally:
+                _queue_retry(oracle, trial)
